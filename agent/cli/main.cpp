@@ -1,0 +1,64 @@
+// trustfence: the node agent and its operator commands.
+
+#include <bpf/libbpf.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdarg>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "cli_commands.hpp"
+
+namespace {
+
+int libbpf_to_spdlog(enum libbpf_print_level level, const char* format, va_list args) {
+  // The verifier's log arrives in one call and may run to megabytes.
+  va_list copy;
+  va_copy(copy, args);
+  int n = vsnprintf(nullptr, 0, format, copy);
+  va_end(copy);
+  if (n <= 0) return n;
+  std::string text(static_cast<std::size_t>(n) + 1, '\0');
+  vsnprintf(text.data(), text.size(), format, args);
+  text.resize(static_cast<std::size_t>(n));
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  if (level == LIBBPF_WARN) spdlog::warn("libbpf: {}", text);
+  else spdlog::debug("libbpf: {}", text);
+  return n;
+}
+
+void usage(std::ostream& out) {
+  out << "usage: trustfence <command> [options]\n\n"
+         "  agent --config FILE [--key value ...]   run the node agent\n"
+         "  agent --uninstall [--config FILE | --pin-dir DIR]\n"
+         "                                          detach the programs, remove the pins\n"
+         "  conns [--json] [--config FILE | --pin-dir DIR]\n"
+         "                                          per-connection verdicts\n"
+         "  conn COOKIE [--json] [--config FILE | --pin-dir DIR]\n"
+         "  stats [--json] [--config FILE | --pin-dir DIR]\n\n"
+         "`trustfence agent --help` lists every configuration key.\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  libbpf_set_print(libbpf_to_spdlog);
+  if (argc < 2) {
+    usage(std::cerr);
+    return 2;
+  }
+  std::string command = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "agent") return trustfence::cli::agent_command(args);
+  if (command == "conns") return trustfence::cli::conns_command(args);
+  if (command == "conn") return trustfence::cli::conn_command(args);
+  if (command == "stats") return trustfence::cli::stats_command(args);
+  if (command == "-h" || command == "--help" || command == "help") {
+    usage(std::cout);
+    return 0;
+  }
+  std::cerr << "trustfence: unknown command '" << command << "'\n";
+  usage(std::cerr);
+  return 2;
+}

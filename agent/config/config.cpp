@@ -1,0 +1,156 @@
+#include "trustfence/config/config.hpp"
+
+#include <boost/program_options.hpp>
+#include <charconv>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+namespace po = boost::program_options;
+
+namespace trustfence::config {
+namespace {
+
+po::options_description key_descriptions() {
+  po::options_description keys("Configuration keys (in the file as `key = value`, or as --key)");
+  keys.add_options()
+      ("cgroup", po::value<std::string>(),
+       "cgroup v2 to enforce: absolute, or relative to the cgroup v2 mount")
+      ("pin-dir", po::value<std::string>()->default_value(datapath::kDefaultPinDir),
+       "bpffs directory where maps and links are pinned")
+      ("mode", po::value<std::string>()->default_value("enforce"), "enforce | audit")
+      ("untracked-fallback", po::value<std::string>()->default_value("allow"),
+       "verdict for connections established before the datapath: allow | deny")
+      ("exempt", po::value<std::vector<std::string>>()->composing(),
+       "CIDR[:port] never held, e.g. 10.96.0.10/32:53 (repeatable)")
+      ("pending-rto-min-us", po::value<std::uint32_t>()->default_value(datapath::kDefaultPendingRtoMinUs),
+       "retransmission floor of pending sockets in microseconds (0 leaves it alone)")
+      ("max-connections", po::value<std::uint32_t>()->default_value(TF_DEFAULT_MAX_CONNS),
+       "capacity of the connection table")
+      ("log-level", po::value<std::string>()->default_value("info"),
+       "trace | debug | info | warn | error");
+  return keys;
+}
+
+// key -> (value -> line) of a config file, to point errors at a line.
+using LineIndex = std::map<std::string, std::multimap<std::string, int>>;
+
+LineIndex index_lines(const std::string& path) {
+  LineIndex index;
+  std::ifstream in(path);
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    auto hash = line.find('#');
+    if (hash != std::string::npos) line.resize(hash);
+    auto eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    auto trim = [](std::string s) {
+      auto b = s.find_first_not_of(" \t\r");
+      auto e = s.find_last_not_of(" \t\r");
+      return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+    };
+    index[trim(line.substr(0, eq))].emplace(trim(line.substr(eq + 1)), n);
+  }
+  return index;
+}
+
+class Validator {
+ public:
+  Validator(std::string file, LineIndex lines) : file_(std::move(file)), lines_(std::move(lines)) {}
+
+  std::unexpected<Error> bad(const std::string& key, const std::string& value,
+                             const std::string& why) const {
+    return fail(Errc::kInvalidArgument, where(key, value) + key + " = " + value + ": " + why);
+  }
+  std::string where(const std::string& key, const std::string& value) const {
+    auto k = lines_.find(key);
+    if (k == lines_.end()) return "--" + key + ": ";
+    auto v = k->second.find(value);
+    int line = v != k->second.end() ? v->second : k->second.begin()->second;
+    return file_ + ":" + std::to_string(line) + ": ";
+  }
+
+ private:
+  std::string file_;
+  LineIndex lines_;
+};
+
+}  // namespace
+
+std::string describe_keys() {
+  std::ostringstream out;
+  out << key_descriptions();
+  return out.str();
+}
+
+Result<Config> load(const std::vector<std::string>& args) {
+  po::options_description cli("Options");
+  cli.add_options()("config", po::value<std::string>(), "configuration file");
+  cli.add(key_descriptions());
+  po::variables_map vm;
+  Config config;
+  try {
+    po::store(po::command_line_parser(args).options(cli).run(), vm);
+    if (vm.count("config")) {
+      config.file = vm["config"].as<std::string>();
+      std::ifstream in(config.file);
+      if (!in) return fail_errno("config: cannot read " + config.file, errno);
+      po::store(po::parse_config_file(in, key_descriptions(), false), vm);
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::string where = config.file.empty() ? "" : config.file + ": ";
+    if (!config.file.empty()) {
+      auto lines = index_lines(config.file);
+      for (const auto& [key, values] : lines)
+        if (std::string(e.what()).find("'" + key + "'") != std::string::npos && !values.empty())
+          where = config.file + ":" + std::to_string(values.begin()->second) + ": ";
+    }
+    return fail(Errc::kInvalidArgument, where + e.what());
+  }
+
+  Validator check(config.file, config.file.empty() ? LineIndex{} : index_lines(config.file));
+  auto& dp = config.datapath;
+  if (!vm.count("cgroup"))
+    return fail(Errc::kInvalidArgument,
+                (config.file.empty() ? std::string() : config.file + ": ") +
+                    "cgroup: required (the cgroup v2 whose connections are enforced)");
+  dp.cgroup = vm["cgroup"].as<std::string>();
+  dp.pin_dir = vm["pin-dir"].as<std::string>();
+  if (dp.pin_dir.empty() || dp.pin_dir.front() != '/')
+    return check.bad("pin-dir", dp.pin_dir, "must be an absolute path on a bpffs");
+
+  auto mode = vm["mode"].as<std::string>();
+  if (mode == "enforce") dp.mode = TF_MODE_ENFORCE;
+  else if (mode == "audit") dp.mode = TF_MODE_AUDIT;
+  else return check.bad("mode", mode, "must be enforce or audit");
+
+  auto fallback = vm["untracked-fallback"].as<std::string>();
+  if (fallback == "allow") dp.untracked_verdict = TF_VERDICT_ALLOW;
+  else if (fallback == "deny") dp.untracked_verdict = TF_VERDICT_DENY;
+  else return check.bad("untracked-fallback", fallback, "must be allow or deny");
+
+  if (vm.count("exempt")) {
+    for (const auto& text : vm["exempt"].as<std::vector<std::string>>()) {
+      auto ex = datapath::Exemption::parse(text);
+      if (!ex) return check.bad("exempt", text, ex.error().message);
+      dp.exemptions.push_back(*ex);
+    }
+  }
+  dp.pending_rto_min_us = vm["pending-rto-min-us"].as<std::uint32_t>();
+  if (dp.pending_rto_min_us != 0 && (dp.pending_rto_min_us < 1000 || dp.pending_rto_min_us > 200'000))
+    return check.bad("pending-rto-min-us", std::to_string(dp.pending_rto_min_us),
+                     "must be 0 (off) or between 1000 and 200000");
+  dp.max_connections = vm["max-connections"].as<std::uint32_t>();
+  if (dp.max_connections < 16 || dp.max_connections > (1u << 24))
+    return check.bad("max-connections", std::to_string(dp.max_connections),
+                     "must be between 16 and 16777216");
+
+  config.log_level = vm["log-level"].as<std::string>();
+  static const std::array<std::string_view, 5> levels = {"trace", "debug", "info", "warn", "error"};
+  if (std::find(levels.begin(), levels.end(), config.log_level) == levels.end())
+    return check.bad("log-level", config.log_level, "must be trace, debug, info, warn or error");
+  return config;
+}
+
+}  // namespace trustfence::config

@@ -1,0 +1,287 @@
+#include "trustfence/datapath/datapath.hpp"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <filesystem>
+
+#include "tf_datapath.skel.h"
+#include "trustfence/datapath/host.hpp"
+
+namespace trustfence::datapath {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr std::array<const char*, 5> kMapPins = {"tf_conns", "tf_events", "tf_exempt",
+                                                 "tf_stats", "tf_meta"};
+constexpr std::array<const char*, 3> kLinkPins = {"tf_sockops_link", "tf_egress_link",
+                                                  "tf_ingress_link"};
+
+tf_meta expected_meta() {
+  tf_meta meta{};
+  meta.magic = TF_ABI_MAGIC;
+  meta.abi_version = TF_ABI_VERSION;
+  meta.conn_size = sizeof(tf_conn);
+  meta.event_size = sizeof(tf_event);
+  meta.stats_size = sizeof(tf_stats);
+  return meta;
+}
+
+std::string cleanup_hint(const std::string& pin_dir) {
+  return "; if no agent of another version still needs them, remove them with `trustfence agent "
+         "--uninstall --pin-dir " +
+         pin_dir + "` (or `rm -r " + pin_dir + "`) and start again";
+}
+
+bool any_pin_exists(const std::string& pin_dir) {
+  for (const char* name : kMapPins)
+    if (fs::exists(fs::path(pin_dir) / name)) return true;
+  for (const char* name : kLinkPins)
+    if (fs::exists(fs::path(pin_dir) / name)) return true;
+  return false;
+}
+
+// Pins in pin_dir must have been made by this ABI, or we would misread them.
+Result<PinState> check_pins(const std::string& pin_dir) {
+  if (!any_pin_exists(pin_dir)) return PinState::kFresh;
+  auto meta_path = (fs::path(pin_dir) / "tf_meta").string();
+  if (!fs::exists(meta_path))
+    return fail(Errc::kIncompatible, "pinned maps in " + pin_dir +
+                                         " have no tf_meta: they were made by an unknown, older "
+                                         "trustfence" +
+                                         cleanup_hint(pin_dir));
+  auto fd = open_pinned(meta_path);
+  if (!fd) return std::unexpected(fd.error());
+  auto info = map_info(fd->get());
+  if (!info) return std::unexpected(info.error());
+  if (info->value_size != sizeof(tf_meta) || info->key_size != sizeof(__u32))
+    return fail(Errc::kIncompatible,
+                "pinned tf_meta in " + pin_dir + " has another layout" + cleanup_hint(pin_dir));
+  tf_meta found{};
+  __u32 zero = 0;
+  if (bpf_map_lookup_elem(fd->get(), &zero, &found) != 0)
+    return fail_errno("reading pinned tf_meta", errno);
+  tf_meta want = expected_meta();
+  if (found.magic != want.magic)
+    return fail(Errc::kIncompatible,
+                "pinned maps in " + pin_dir + " were not made by trustfence" + cleanup_hint(pin_dir));
+  if (found.abi_version != want.abi_version || found.conn_size != want.conn_size ||
+      found.event_size != want.event_size || found.stats_size != want.stats_size)
+    return fail(Errc::kIncompatible, "pinned maps in " + pin_dir + " use ABI version " +
+                                         std::to_string(found.abi_version) + ", this agent uses " +
+                                         std::to_string(want.abi_version) + cleanup_hint(pin_dir));
+  return PinState::kReused;
+}
+
+struct LinkDeleter {
+  void operator()(bpf_link* link) const { bpf_link__destroy(link); }
+};
+using LinkPtr = std::unique_ptr<bpf_link, LinkDeleter>;
+
+// Attaches prog to the cgroup through a pinned link, or, when a link is
+// already pinned there, swaps prog in behind it without a gap.
+Result<void> attach_pinned(bpf_program* prog, int cgroup_fd, std::uint64_t cgroup_id,
+                           const std::string& pin_path) {
+  const std::string name = bpf_program__name(prog);
+  if (fs::exists(pin_path)) {
+    LinkPtr link(bpf_link__open(pin_path.c_str()));
+    if (!link) return fail_errno("opening pinned link " + pin_path, errno);
+    bpf_link_info info{};
+    __u32 len = sizeof(info);
+    if (int err = bpf_obj_get_info_by_fd(bpf_link__fd(link.get()), &info, &len); err != 0)
+      return fail_errno("reading pinned link " + pin_path, -err);
+    if (info.type != BPF_LINK_TYPE_CGROUP || info.cgroup.cgroup_id != cgroup_id)
+      return fail(Errc::kIncompatible,
+                  "pinned link " + pin_path + " attaches " + name + " to cgroup id " +
+                      std::to_string(info.cgroup.cgroup_id) + ", not to the configured cgroup (id " +
+                      std::to_string(cgroup_id) + ")" + cleanup_hint(fs::path(pin_path).parent_path()));
+    if (int err = bpf_link__update_program(link.get(), prog); err != 0)
+      return fail_errno("replacing " + name + " behind " + pin_path, -err);
+    return {};
+  }
+  LinkPtr link(bpf_program__attach_cgroup(prog, cgroup_fd));
+  if (!link) return fail_errno("attaching " + name + " to the cgroup", errno);
+  if (int err = bpf_link__pin(link.get(), pin_path.c_str()); err != 0)
+    return fail_errno("pinning " + name + " link at " + pin_path, -err);
+  return {};
+}
+
+}  // namespace
+
+tf_stats sum_stats(const std::vector<tf_stats>& per_cpu) {
+  tf_stats total{};
+  for (const auto& cpu : per_cpu) {
+    for (int d = 0; d < TF_PACKET_DIR_COUNT; ++d)
+      for (int a = 0; a < TF_ACTION_COUNT; ++a)
+        for (int r = 0; r < TF_REASON_COUNT; ++r) total.packets[d][a][r] += cpu.packets[d][a][r];
+    for (int c = 0; c < TF_COUNTER_COUNT; ++c) total.counters[c] += cpu.counters[c];
+  }
+  return total;
+}
+
+void Datapath::SkeletonDeleter::operator()(tf_datapath* skel) const {
+  tf_datapath__destroy(skel);
+}
+
+Datapath::Datapath(Datapath&&) noexcept = default;
+Datapath& Datapath::operator=(Datapath&&) noexcept = default;
+Datapath::~Datapath() = default;
+
+Result<Datapath> Datapath::open(const DatapathOptions& options) {
+  auto cgroup = resolve_cgroup(options.cgroup);
+  if (!cgroup) return std::unexpected(cgroup.error());
+  auto cg_id = datapath::cgroup_id(*cgroup);
+  if (!cg_id) return std::unexpected(cg_id.error());
+  if (auto ok = prepare_pin_dir(options.pin_dir); !ok) return std::unexpected(ok.error());
+  auto pins = check_pins(options.pin_dir);
+  if (!pins) return std::unexpected(pins.error());
+
+  Datapath dp;
+  dp.cgroup_path_ = *cgroup;
+  dp.cgroup_id_ = *cg_id;
+  dp.pin_state_ = *pins;
+
+  LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = options.pin_dir.c_str());
+  dp.skel_.reset(tf_datapath__open_opts(&open_opts));
+  if (!dp.skel_) return fail_errno("opening the BPF object", errno);
+  auto* skel = dp.skel_.get();
+  skel->rodata->tf_config.mode = static_cast<__u8>(options.mode);
+  skel->rodata->tf_config.untracked_verdict = static_cast<__u8>(options.untracked_verdict);
+  skel->rodata->tf_config.pending_rto_min_us = options.pending_rto_min_us;
+
+  std::uint32_t max_conns = options.max_connections;
+  if (dp.pin_state_ == PinState::kReused) {
+    // A pinned table keeps its size; resizing needs an uninstall.
+    auto fd = open_pinned((fs::path(options.pin_dir) / "tf_conns").string());
+    if (!fd) return std::unexpected(fd.error());
+    auto info = map_info(fd->get());
+    if (!info) return std::unexpected(info.error());
+    max_conns = info->max_entries;
+  }
+  if (max_conns == 0)
+    return fail(Errc::kInvalidArgument, "max-connections must be at least 1");
+  if (int err = bpf_map__set_max_entries(skel->maps.tf_conns, max_conns); err != 0)
+    return fail_errno("sizing tf_conns", -err);
+
+  if (int err = tf_datapath__load(skel); err != 0)
+    return fail(errc_from_errno(-err),
+                describe_errno("loading the BPF programs (run with --log-level debug for the "
+                               "verifier's log)",
+                               -err));
+
+  if (dp.pin_state_ == PinState::kFresh) {
+    __u32 zero = 0;
+    tf_meta meta = expected_meta();
+    if (bpf_map_update_elem(bpf_map__fd(skel->maps.tf_meta), &zero, &meta, BPF_ANY) != 0)
+      return fail_errno("writing tf_meta", errno);
+  }
+
+  UniqueFd cgroup_fd(::open(dp.cgroup_path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!cgroup_fd) return fail_errno("cgroup: opening " + dp.cgroup_path_, errno);
+  struct Attach {
+    bpf_program* prog;
+    const char* pin;
+  };
+  const std::array<Attach, 3> attaches = {{{skel->progs.tf_sockops, kLinkPins[0]},
+                                           {skel->progs.tf_egress, kLinkPins[1]},
+                                           {skel->progs.tf_ingress, kLinkPins[2]}}};
+  for (const auto& a : attaches) {
+    auto ok = attach_pinned(a.prog, cgroup_fd.get(), dp.cgroup_id_,
+                            (fs::path(options.pin_dir) / a.pin).string());
+    if (!ok) return std::unexpected(ok.error());
+  }
+
+  auto conns = TypedMap<Cookie, tf_conn>::borrow(skel->maps.tf_conns);
+  if (!conns) return std::unexpected(conns.error());
+  dp.conns_ = std::make_unique<BpfConnTable>(std::move(*conns));
+  auto stats = PerCpuArray<tf_stats>::borrow(skel->maps.tf_stats);
+  if (!stats) return std::unexpected(stats.error());
+  dp.stats_.emplace(std::move(*stats));
+  auto exempt = TypedMap<tf_exempt_key, std::uint8_t>::borrow(skel->maps.tf_exempt);
+  if (!exempt) return std::unexpected(exempt.error());
+  dp.exempt_.emplace(std::move(*exempt));
+  if (auto ok = dp.set_exemptions(options.exemptions); !ok) return std::unexpected(ok.error());
+  return dp;
+}
+
+Result<void> Datapath::set_exemptions(const std::vector<Exemption>& exemptions) {
+  std::vector<tf_exempt_key> stale;
+  auto walked = exempt_->for_each_key([&](const tf_exempt_key& key) {
+    bool wanted = std::any_of(exemptions.begin(), exemptions.end(), [&](const Exemption& ex) {
+      return std::memcmp(&ex.key, &key, sizeof(key)) == 0;
+    });
+    if (!wanted) stale.push_back(key);
+  });
+  if (!walked) return walked;
+  for (const auto& key : stale)
+    if (auto gone = exempt_->erase(key); !gone) return std::unexpected(gone.error());
+  if (exemptions.size() > TF_MAX_EXEMPTIONS)
+    return fail(Errc::kInvalidArgument, "exempt: " + std::to_string(exemptions.size()) +
+                                            " rules, at most " +
+                                            std::to_string(TF_MAX_EXEMPTIONS) + " are supported");
+  for (const auto& ex : exemptions)
+    if (auto ok = exempt_->update(ex.key, 1); !ok)
+      return fail(ok.error().code, "exempt '" + ex.text + "': " + ok.error().message);
+  return {};
+}
+
+Result<tf_stats> Datapath::stats() const {
+  auto per_cpu = stats_->lookup(0);
+  if (!per_cpu) return std::unexpected(per_cpu.error());
+  return sum_stats(*per_cpu);
+}
+
+Result<EventReader> Datapath::events(EventReader::Callback callback) const {
+  return EventReader::open(bpf_map__fd(skel_->maps.tf_events), std::move(callback));
+}
+
+std::vector<std::uint32_t> Datapath::program_ids() const {
+  std::vector<std::uint32_t> ids;
+  for (bpf_program* prog : {skel_->progs.tf_sockops, skel_->progs.tf_egress, skel_->progs.tf_ingress}) {
+    bpf_prog_info info{};
+    __u32 len = sizeof(info);
+    if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) == 0) ids.push_back(info.id);
+  }
+  return ids;
+}
+
+Result<void> Datapath::uninstall(const std::string& pin_dir) {
+  // Links first: removing their pins detaches the programs.
+  std::vector<std::string> names(kLinkPins.begin(), kLinkPins.end());
+  names.insert(names.end(), kMapPins.begin(), kMapPins.end());
+  for (const auto& name : names) {
+    auto path = fs::path(pin_dir) / name;
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+      return fail_errno("removing pin " + path.string(), errno);
+  }
+  if (::rmdir(pin_dir.c_str()) != 0 && errno != ENOENT)
+    return fail_errno("removing " + pin_dir + " (holds pins trustfence did not make?)", errno);
+  return {};
+}
+
+Result<PinnedMaps> PinnedMaps::open(const std::string& pin_dir) {
+  auto state = check_pins(pin_dir);
+  if (!state) return std::unexpected(state.error());
+  if (*state == PinState::kFresh)
+    return fail(Errc::kNotFound, "no trustfence maps are pinned in " + pin_dir +
+                                     " (is the agent installed with this pin-dir?)");
+  PinnedMaps maps;
+  auto conns_fd = open_pinned((fs::path(pin_dir) / "tf_conns").string());
+  if (!conns_fd) return std::unexpected(conns_fd.error());
+  auto conns = TypedMap<Cookie, tf_conn>::adopt(std::move(*conns_fd), "tf_conns");
+  if (!conns) return std::unexpected(conns.error());
+  maps.conns = std::make_unique<BpfConnTable>(std::move(*conns));
+  auto stats_fd = open_pinned((fs::path(pin_dir) / "tf_stats").string());
+  if (!stats_fd) return std::unexpected(stats_fd.error());
+  auto stats = PerCpuArray<tf_stats>::adopt(std::move(*stats_fd), "tf_stats");
+  if (!stats) return std::unexpected(stats.error());
+  maps.stats.emplace(std::move(*stats));
+  return maps;
+}
+
+}  // namespace trustfence::datapath

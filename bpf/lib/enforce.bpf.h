@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The per-packet decision of tf_egress and tf_ingress. */
+#ifndef TF_ENFORCE_BPF_H
+#define TF_ENFORCE_BPF_H
+
+#include "exempt.bpf.h"
+#include "maps.bpf.h"
+#include "net.bpf.h"
+#include "stats.bpf.h"
+
+#define TF_SKB_PASS 1
+#define TF_SKB_DROP 0
+
+/*
+ * The socket cookie of a packet. A global (not inlined) function so the
+ * bpf test tier can replace it (freplace) and feed cookies of its choosing
+ * through the real programs under BPF_PROG_TEST_RUN.
+ */
+__noinline __u64 tf_socket_cookie(struct __sk_buff *skb)
+{
+	if (!skb)
+		return 0;
+	return bpf_get_socket_cookie(skb);
+}
+
+static __always_inline int tf_pass(enum tf_packet_dir dir, __u32 reason)
+{
+	tf_count_packet(dir, TF_ACTION_PASS, reason);
+	return TF_SKB_PASS;
+}
+
+/* Drops in enforce mode; in audit mode counts the would-drop and passes. */
+static __always_inline int tf_drop(enum tf_packet_dir dir, __u32 reason)
+{
+	if (tf_config.mode == TF_MODE_AUDIT) {
+		tf_count_packet(dir, TF_ACTION_AUDIT, reason);
+		return TF_SKB_PASS;
+	}
+	tf_count_packet(dir, TF_ACTION_DROP, reason);
+	return TF_SKB_DROP;
+}
+
+/* Control segments carry no payload: SYN, pure ACK, FIN, RST. */
+static __always_inline bool tf_is_control(const struct tf_segment *seg,
+					  int parsed)
+{
+	return parsed == 0 && seg->is_tcp && seg->payload_len == 0;
+}
+
+/* Awaiting a verdict: control segments pass, payload is held back (TCP
+ * resends it once the verdict allows it, so nothing is lost). */
+static __always_inline int tf_hold(struct __sk_buff *skb,
+				   enum tf_packet_dir dir)
+{
+	struct tf_segment seg;
+	int parsed = tf_parse_segment(skb, &seg);
+
+	if (tf_is_control(&seg, parsed))
+		return tf_pass(dir, TF_REASON_PENDING);
+	return tf_drop(dir, TF_REASON_PENDING);
+}
+
+static __always_inline int tf_deny(struct __sk_buff *skb,
+				   enum tf_packet_dir dir, __u32 reason)
+{
+	struct tf_segment seg;
+	int parsed = tf_parse_segment(skb, &seg);
+
+	/* A reset carries no data and tells the other end at once. */
+	if (tf_is_control(&seg, parsed) && (seg.tcp_flags & TF_TCP_FLAG_RST))
+		return tf_pass(dir, reason);
+	return tf_drop(dir, reason);
+}
+
+/* A socket whose handshake is still under way is not yet in tf_conns. */
+static __always_inline bool tf_sock_establishing(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+
+	if (!sk)
+		return false;
+	switch (sk->state) {
+	case BPF_TCP_SYN_SENT:
+	case BPF_TCP_SYN_RECV:
+	case BPF_TCP_LISTEN:
+	case BPF_TCP_NEW_SYN_RECV:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* Traffic of a socket tf_conns does not know. */
+static __always_inline int tf_untracked(struct __sk_buff *skb,
+					enum tf_packet_dir dir)
+{
+	struct tf_segment seg;
+	int parsed = tf_parse_segment(skb, &seg);
+
+	if (parsed == 0 && !seg.is_tcp)
+		return TF_SKB_PASS; /* TCP only; other protocols untouched */
+	if (parsed == 0) {
+		const __u32 *remote =
+			dir == TF_PACKET_EGRESS ? seg.daddr : seg.saddr;
+		__u16 rport = dir == TF_PACKET_EGRESS ? seg.dport : seg.sport;
+		__u16 lport = dir == TF_PACKET_EGRESS ? seg.sport : seg.dport;
+
+		if (tf_is_exempt(remote, rport, lport))
+			return tf_pass(dir, TF_REASON_EXEMPT);
+	}
+	if (tf_sock_establishing(skb)) {
+		if (tf_is_control(&seg, parsed))
+			return tf_pass(dir, TF_REASON_PENDING);
+		return tf_drop(dir, TF_REASON_PENDING);
+	}
+	if (tf_config.untracked_verdict == TF_VERDICT_ALLOW)
+		return tf_pass(dir, TF_REASON_UNTRACKED);
+	return tf_deny(skb, dir, TF_REASON_UNTRACKED);
+}
+
+static __always_inline int tf_enforce(struct __sk_buff *skb,
+				      enum tf_packet_dir dir)
+{
+	__u64 cookie = tf_socket_cookie(skb);
+	struct tf_conn *conn = bpf_map_lookup_elem(&tf_conns, &cookie);
+
+	if (!conn)
+		return tf_untracked(skb, dir);
+	__u8 verdict = conn->verdict;
+	__u32 reason = conn->reason;
+
+	if (verdict == TF_VERDICT_ALLOW)
+		return tf_pass(dir, reason);
+	if (verdict == TF_VERDICT_DENY)
+		return tf_deny(skb, dir, reason);
+	return tf_hold(skb, dir);
+}
+
+#endif /* TF_ENFORCE_BPF_H */
