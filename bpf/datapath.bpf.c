@@ -10,6 +10,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "lib/enforce.bpf.h"
+#include "lib/resend.bpf.h"
 #include "lib/track.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -48,4 +49,10 @@ SEC("cgroup_skb/ingress")
 int tf_ingress(struct __sk_buff *skb)
 {
 	return tf_enforce(skb, TF_PACKET_INGRESS);
+}
+
+SEC("iter/tcp")
+int tf_resend_held(struct bpf_iter__tcp *ctx)
+{
+	return tf_resend_visit(ctx->sk_common);
 }

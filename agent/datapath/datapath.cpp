@@ -78,10 +78,7 @@ Result<PinState> check_pins(const std::string& pin_dir) {
   return PinState::kReused;
 }
 
-struct LinkDeleter {
-  void operator()(bpf_link* link) const { bpf_link__destroy(link); }
-};
-using LinkPtr = std::unique_ptr<bpf_link, LinkDeleter>;
+using LinkPtr = std::unique_ptr<bpf_link, Datapath::LinkDeleter>;
 
 // Attaches prog to the cgroup through a pinned link, or, when a link is
 // already pinned there, swaps prog in behind it without a gap.
@@ -124,6 +121,8 @@ tf_stats sum_stats(const std::vector<tf_stats>& per_cpu) {
   return total;
 }
 
+void Datapath::LinkDeleter::operator()(bpf_link* link) const { bpf_link__destroy(link); }
+
 void Datapath::SkeletonDeleter::operator()(tf_datapath* skel) const {
   tf_datapath__destroy(skel);
 }
@@ -146,14 +145,6 @@ Result<Datapath> Datapath::open(const DatapathOptions& options) {
   dp.cgroup_id_ = *cg_id;
   dp.pin_state_ = *pins;
 
-  LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = options.pin_dir.c_str());
-  dp.skel_.reset(tf_datapath__open_opts(&open_opts));
-  if (!dp.skel_) return fail_errno("opening the BPF object", errno);
-  auto* skel = dp.skel_.get();
-  skel->rodata->tf_config.mode = static_cast<__u8>(options.mode);
-  skel->rodata->tf_config.untracked_verdict = static_cast<__u8>(options.untracked_verdict);
-  skel->rodata->tf_config.pending_rto_min_us = options.pending_rto_min_us;
-
   std::uint32_t max_conns = options.max_connections;
   if (dp.pin_state_ == PinState::kReused) {
     // A pinned table keeps its size; resizing needs an uninstall.
@@ -165,14 +156,34 @@ Result<Datapath> Datapath::open(const DatapathOptions& options) {
   }
   if (max_conns == 0)
     return fail(Errc::kInvalidArgument, "max-connections must be at least 1");
-  if (int err = bpf_map__set_max_entries(skel->maps.tf_conns, max_conns); err != 0)
-    return fail_errno("sizing tf_conns", -err);
 
-  if (int err = tf_datapath__load(skel); err != 0)
-    return fail(errc_from_errno(-err),
+  // The resend iterator needs Linux 5.15+; without it, load the rest and
+  // let TCP's own timers resend held payload.
+  int load_err = 0;
+  for (bool with_resend : {true, false}) {
+    LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = options.pin_dir.c_str());
+    dp.skel_.reset(tf_datapath__open_opts(&open_opts));
+    if (!dp.skel_) return fail_errno("opening the BPF object", errno);
+    auto* skel = dp.skel_.get();
+    skel->rodata->tf_config.mode = static_cast<__u8>(options.mode);
+    skel->rodata->tf_config.untracked_verdict = static_cast<__u8>(options.untracked_verdict);
+    skel->rodata->tf_config.pending_rto_min_us = options.pending_rto_min_us;
+    if (int err = bpf_map__set_max_entries(skel->maps.tf_conns, max_conns); err != 0)
+      return fail_errno("sizing tf_conns", -err);
+    bpf_program__set_autoload(skel->progs.tf_resend_held, with_resend);
+    load_err = tf_datapath__load(skel);
+    if (load_err == 0) break;
+  }
+  if (load_err != 0)
+    return fail(errc_from_errno(-load_err),
                 describe_errno("loading the BPF programs (run with --log-level debug for the "
                                "verifier's log)",
-                               -err));
+                               -load_err));
+  auto* skel = dp.skel_.get();
+  if (bpf_program__autoload(skel->progs.tf_resend_held)) {
+    dp.resend_link_.reset(bpf_program__attach_iter(skel->progs.tf_resend_held, nullptr));
+    if (!dp.resend_link_) return fail_errno("attaching the tf_resend_held iterator", errno);
+  }
 
   if (dp.pin_state_ == PinState::kFresh) {
     __u32 zero = 0;
@@ -207,6 +218,46 @@ Result<Datapath> Datapath::open(const DatapathOptions& options) {
   dp.exempt_.emplace(std::move(*exempt));
   if (auto ok = dp.set_exemptions(options.exemptions); !ok) return std::unexpected(ok.error());
   return dp;
+}
+
+Result<std::size_t> Datapath::apply_verdicts(
+    std::span<const std::pair<Cookie, VerdictUpdate>> verdicts) {
+  std::vector<Cookie> allowed;
+  std::size_t applied = 0;
+  for (const auto& [cookie, update] : verdicts) {
+    auto present = conns_->set_verdict(cookie, update);
+    if (!present) return std::unexpected(present.error());
+    if (!*present) continue;
+    ++applied;
+    if (update.verdict == TF_VERDICT_ALLOW) allowed.push_back(cookie);
+  }
+  if (auto ok = resend_held(allowed); !ok) return std::unexpected(ok.error());
+  return applied;
+}
+
+Result<void> Datapath::resend_held(std::span<const Cookie> cookies) {
+  if (!resend_link_ || cookies.empty()) return {};
+  int map_fd = bpf_map__fd(skel_->maps.tf_resend);
+  while (!cookies.empty()) {
+    auto batch = cookies.first(std::min<std::size_t>(cookies.size(), TF_MAX_RESEND_BATCH));
+    cookies = cookies.subspan(batch.size());
+    const std::uint8_t mark = 1;
+    for (Cookie cookie : batch)
+      if (bpf_map_update_elem(map_fd, &cookie, &mark, BPF_ANY) != 0)
+        return fail_errno("queueing a resend in tf_resend", errno);
+    // Reading the iterator runs tf_resend_held over every TCP socket.
+    UniqueFd iter(bpf_iter_create(bpf_link__fd(resend_link_.get())));
+    if (!iter) return fail_errno("creating the tf_resend_held iterator", errno);
+    char buf[64];
+    while (true) {
+      ssize_t n = ::read(iter.get(), buf, sizeof(buf));
+      if (n == 0) break;
+      if (n < 0 && errno != EINTR) return fail_errno("running tf_resend_held", errno);
+    }
+    // Sockets that closed meanwhile were never visited: forget them.
+    for (Cookie cookie : batch) bpf_map_delete_elem(map_fd, &cookie);
+  }
+  return {};
 }
 
 Result<void> Datapath::set_exemptions(const std::vector<Exemption>& exemptions) {

@@ -24,6 +24,8 @@
 #define TF_DEFAULT_MAX_CONNS 65536u
 /* Bytes of the tf_events ring buffer (a power of two, page multiple). */
 #define TF_EVENTS_BYTES (1u << 21)
+/* Cookies the agent may ask tf_resend_held to push in one pass. */
+#define TF_MAX_RESEND_BATCH 4096u
 /* Capacity of the tf_exempt LPM trie. */
 #define TF_MAX_EXEMPTIONS 1024u
 

@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "trustfence/abi.h"
@@ -19,6 +21,7 @@
 #include "trustfence/datapath/typed_map.hpp"
 
 struct tf_datapath;
+struct bpf_link;
 
 namespace trustfence::datapath {
 
@@ -48,11 +51,24 @@ class Datapath {
   // Detaches the programs and removes every pin under pin_dir.
   static Result<void> uninstall(const std::string& pin_dir);
 
+  struct LinkDeleter {
+    void operator()(bpf_link* link) const;
+  };
+
   Datapath(Datapath&&) noexcept;
   Datapath& operator=(Datapath&&) noexcept;
   ~Datapath();
 
   ConnTable& conns() { return *conns_; }
+
+  // Writes verdicts, then pushes out at once the payload that allowed
+  // sockets had held back, instead of leaving it to TCP's timers. Returns
+  // how many connections were still there to take their verdict.
+  Result<std::size_t> apply_verdicts(std::span<const std::pair<Cookie, VerdictUpdate>> verdicts);
+  // Pushes the pending frames of these sockets (see bpf/lib/resend.bpf.h).
+  Result<void> resend_held(std::span<const Cookie> cookies);
+  // False on kernels without TCP socket iterators that may set options.
+  bool resend_supported() const { return resend_link_ != nullptr; }
   Result<tf_stats> stats() const;
   Result<EventReader> events(EventReader::Callback callback) const;
   Result<void> set_exemptions(const std::vector<Exemption>& exemptions);
@@ -67,9 +83,11 @@ class Datapath {
   struct SkeletonDeleter {
     void operator()(tf_datapath* skel) const;
   };
+
   Datapath() = default;
 
   std::unique_ptr<tf_datapath, SkeletonDeleter> skel_;
+  std::unique_ptr<bpf_link, LinkDeleter> resend_link_;  // not pinned: per agent
   std::unique_ptr<ConnTable> conns_;
   std::optional<PerCpuArray<tf_stats>> stats_;
   std::optional<TypedMap<tf_exempt_key, std::uint8_t>> exempt_;
