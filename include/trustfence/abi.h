@@ -30,10 +30,10 @@
 #define TF_MAX_EXEMPTIONS 1024u
 
 enum tf_verdict {
-	TF_VERDICT_PENDING = 0,
-	TF_VERDICT_ALLOW = 1,
-	TF_VERDICT_DENY = 2,
-	TF_VERDICT_COUNT
+  TF_VERDICT_PENDING = 0,
+  TF_VERDICT_ALLOW = 1,
+  TF_VERDICT_DENY = 2,
+  TF_VERDICT_COUNT
 };
 
 /*
@@ -44,63 +44,59 @@ enum tf_verdict {
  * never saw established (handled by the untracked fallback).
  */
 enum tf_reason {
-	TF_REASON_NONE = 0,
-	TF_REASON_LOCAL_DOMAIN,
-	TF_REASON_ALIAS_DOMAIN,
-	TF_REASON_ALLOWED_ID,
-	TF_REASON_PLAINTEXT_PERMISSIVE,
-	TF_REASON_EXEMPT,
-	TF_REASON_DOMAIN_NOT_ALLOWED,
-	TF_REASON_ID_DENIED,
-	TF_REASON_BAD_CHAIN,
-	TF_REASON_EXPIRED,
-	TF_REASON_INVALID_SVID,
-	TF_REASON_NO_BUNDLE,
-	TF_REASON_NO_PEER_AGENT,
-	TF_REASON_ATTESTATION_TIMEOUT,
-	TF_REASON_REVOKED,
-	TF_REASON_PENDING,
-	TF_REASON_UNTRACKED,
-	TF_REASON_COUNT
+  TF_REASON_NONE = 0,
+  TF_REASON_LOCAL_DOMAIN,
+  TF_REASON_ALIAS_DOMAIN,
+  TF_REASON_ALLOWED_ID,
+  TF_REASON_PLAINTEXT_PERMISSIVE,
+  TF_REASON_EXEMPT,
+  TF_REASON_DOMAIN_NOT_ALLOWED,
+  TF_REASON_ID_DENIED,
+  TF_REASON_BAD_CHAIN,
+  TF_REASON_EXPIRED,
+  TF_REASON_INVALID_SVID,
+  TF_REASON_NO_BUNDLE,
+  TF_REASON_NO_PEER_AGENT,
+  TF_REASON_ATTESTATION_TIMEOUT,
+  TF_REASON_REVOKED,
+  TF_REASON_PENDING,
+  TF_REASON_UNTRACKED,
+  TF_REASON_COUNT
 };
 
 /* Which end opened the connection, seen from the tracked socket. */
 enum tf_direction {
-	TF_DIRECTION_OUTBOUND = 1, /* active open: connect() */
-	TF_DIRECTION_INBOUND = 2, /* passive open: accept() */
+  TF_DIRECTION_OUTBOUND = 1, /* active open: connect() */
+  TF_DIRECTION_INBOUND = 2,  /* passive open: accept() */
 };
 
 /* Direction of one packet through cgroup_skb. */
-enum tf_packet_dir {
-	TF_PACKET_EGRESS = 0,
-	TF_PACKET_INGRESS = 1,
-	TF_PACKET_DIR_COUNT
-};
+enum tf_packet_dir { TF_PACKET_EGRESS = 0, TF_PACKET_INGRESS = 1, TF_PACKET_DIR_COUNT };
 
 /* What the datapath did with one packet. */
 enum tf_action {
-	TF_ACTION_PASS = 0,
-	TF_ACTION_DROP = 1,
-	TF_ACTION_AUDIT = 2, /* audit mode: would have dropped, passed */
-	TF_ACTION_COUNT
+  TF_ACTION_PASS = 0,
+  TF_ACTION_DROP = 1,
+  TF_ACTION_AUDIT = 2, /* audit mode: would have dropped, passed */
+  TF_ACTION_COUNT
 };
 
 enum tf_mode {
-	TF_MODE_ENFORCE = 0,
-	TF_MODE_AUDIT = 1,
+  TF_MODE_ENFORCE = 0,
+  TF_MODE_AUDIT = 1,
 };
 
 /* Connection-level counters (as opposed to per-packet ones). */
 enum tf_counter {
-	TF_COUNTER_CONN_TRACKED = 0,
-	TF_COUNTER_CONN_EXEMPT,
-	TF_COUNTER_CONN_CLOSED,
-	TF_COUNTER_TABLE_FULL, /* tf_conns had no room: connection untracked */
-	TF_COUNTER_EVENTS_LOST, /* tf_events had no room: agent missed one */
-	TF_COUNTER_RTO_LOWERED,
-	TF_COUNTER_RTO_RESTORED,
-	TF_COUNTER_RTO_UNSUPPORTED, /* kernel refused TCP_BPF_RTO_MIN */
-	TF_COUNTER_COUNT
+  TF_COUNTER_CONN_TRACKED = 0,
+  TF_COUNTER_CONN_EXEMPT,
+  TF_COUNTER_CONN_CLOSED,
+  TF_COUNTER_TABLE_FULL,  /* tf_conns had no room: connection untracked */
+  TF_COUNTER_EVENTS_LOST, /* tf_events had no room: agent missed one */
+  TF_COUNTER_RTO_LOWERED,
+  TF_COUNTER_RTO_RESTORED,
+  TF_COUNTER_RTO_UNSUPPORTED, /* kernel refused TCP_BPF_RTO_MIN */
+  TF_COUNTER_COUNT
 };
 
 /* tf_conn.flags */
@@ -111,12 +107,12 @@ enum tf_counter {
  * address sits in word 0 with the rest zero. Ports in host byte order.
  */
 struct tf_tuple {
-	__u32 local_addr[4];
-	__u32 remote_addr[4];
-	__u16 local_port;
-	__u16 remote_port;
-	__u8 family; /* AF_INET or AF_INET6 */
-	__u8 _pad[3];
+  __u32 local_addr[4];
+  __u32 remote_addr[4];
+  __u16 local_port;
+  __u16 remote_port;
+  __u8 family; /* AF_INET or AF_INET6 */
+  __u8 _pad[3];
 };
 
 /*
@@ -125,33 +121,33 @@ struct tf_tuple {
  * decided_ns are written by the agent; removed by tf_sockops on close.
  */
 struct tf_conn {
-	struct tf_tuple tuple;
-	__u64 cgroup_id;
-	__u64 created_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
-	__u64 decided_ns; /* 0 while pending */
-	__u32 peer_id; /* interned SPIFFE ID, 0 = none */
-	__u32 peer_trust_domain; /* interned trust domain, 0 = none */
-	__u32 generation; /* config generation that decided it, 0 = none */
-	__u32 saved_rto_min_us; /* RTO floor to restore once decided */
-	__u8 verdict; /* enum tf_verdict */
-	__u8 reason; /* enum tf_reason */
-	__u8 direction; /* enum tf_direction */
-	__u8 flags; /* TF_CONN_F_* */
-	__u8 _pad[4];
+  struct tf_tuple tuple;
+  __u64 cgroup_id;
+  __u64 created_ns;        /* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+  __u64 decided_ns;        /* 0 while pending */
+  __u32 peer_id;           /* interned SPIFFE ID, 0 = none */
+  __u32 peer_trust_domain; /* interned trust domain, 0 = none */
+  __u32 generation;        /* config generation that decided it, 0 = none */
+  __u32 saved_rto_min_us;  /* RTO floor to restore once decided */
+  __u8 verdict;            /* enum tf_verdict */
+  __u8 reason;             /* enum tf_reason */
+  __u8 direction;          /* enum tf_direction */
+  __u8 flags;              /* TF_CONN_F_* */
+  __u8 _pad[4];
 };
 
 enum tf_event_kind {
-	TF_EVENT_NEW = 1,
-	TF_EVENT_CLOSE = 2,
+  TF_EVENT_NEW = 1,
+  TF_EVENT_CLOSE = 2,
 };
 
 /* One record on the tf_events ring buffer: the entry as it was. */
 struct tf_event {
-	__u64 cookie;
-	__u64 timestamp_ns;
-	__u8 kind; /* enum tf_event_kind */
-	__u8 _pad[7];
-	struct tf_conn conn;
+  __u64 cookie;
+  __u64 timestamp_ns;
+  __u8 kind; /* enum tf_event_kind */
+  __u8 _pad[7];
+  struct tf_conn conn;
 };
 
 /*
@@ -160,35 +156,35 @@ struct tf_event {
  * port bits plus the address prefix.
  */
 struct tf_exempt_key {
-	__u32 prefixlen;
-	__u16 port;
-	__u8 addr[16];
-	__u8 _pad[2];
+  __u32 prefixlen;
+  __u16 port;
+  __u8 addr[16];
+  __u8 _pad[2];
 };
 #define TF_EXEMPT_PORT_BITS 16u
 
 /* tf_stats: one per-CPU value. */
 struct tf_stats {
-	__u64 packets[TF_PACKET_DIR_COUNT][TF_ACTION_COUNT][TF_REASON_COUNT];
-	__u64 counters[TF_COUNTER_COUNT];
+  __u64 packets[TF_PACKET_DIR_COUNT][TF_ACTION_COUNT][TF_REASON_COUNT];
+  __u64 counters[TF_COUNTER_COUNT];
 };
 
 /* Load-time configuration of the programs (rodata). */
 struct tf_datapath_config {
-	__u8 mode; /* enum tf_mode */
-	__u8 untracked_verdict; /* TF_VERDICT_ALLOW or TF_VERDICT_DENY */
-	__u8 _pad[2];
-	__u32 pending_rto_min_us; /* 0 = leave the RTO floor alone */
+  __u8 mode;              /* enum tf_mode */
+  __u8 untracked_verdict; /* TF_VERDICT_ALLOW or TF_VERDICT_DENY */
+  __u8 _pad[2];
+  __u32 pending_rto_min_us; /* 0 = leave the RTO floor alone */
 };
 
 /* tf_meta: one entry describing who made the pinned maps. */
 struct tf_meta {
-	__u32 magic;
-	__u32 abi_version;
-	__u32 conn_size;
-	__u32 event_size;
-	__u32 stats_size;
-	__u32 _pad;
+  __u32 magic;
+  __u32 abi_version;
+  __u32 conn_size;
+  __u32 event_size;
+  __u32 stats_size;
+  __u32 _pad;
 };
 
 #ifdef __cplusplus

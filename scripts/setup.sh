@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building and testing trustfence needs on Debian 12, as root.
+# Idempotent: installs only the packages that are missing.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config git
+  clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev
+  libssl-dev libboost-program-options-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  iproute2 curl socat python3 clang-format kmod
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing packages (${missing[*]}); run as root to install them" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

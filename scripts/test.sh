@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine, builds, and runs every test tier:
+# unit, bpf, kernel (as root; CI=true makes a missing privilege a failure),
+# the formatting check, and a smoke run of the benchmarks so they cannot rot.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+bash scripts/setup.sh
+bash scripts/build.sh
+build=${BUILD_DIR:-$top/build}
+
+status=0
+for tier in unit bpf kernel; do
+  count=$(cd "$build" && ctest -N -L "^${tier}\$" | sed -n 's/^Total Tests: //p')
+  if [[ -z "$count" || "$count" -eq 0 ]]; then
+    echo "test: tier '$tier' has no tests" >&2
+    status=1
+    continue
+  fi
+  echo "=== tier $tier: $count tests"
+  (cd "$build" && ctest -L "^${tier}\$" --output-on-failure --timeout 600) || status=1
+done
+
+echo "=== clang-format"
+bash scripts/format.sh --check || status=1
+
+echo "=== benchmark smoke"
+bash scripts/bench-datapath.sh --smoke || status=1
+
+exit $status
