@@ -21,9 +21,10 @@ cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
 cgroup="$cg2/trustfence-demo"
 pin_dir=/sys/fs/bpf/trustfence-demo
 work=$(mktemp -d)
-agent_pid="" server_pid=""
+agent_pid=""
 cleanup() {
-  [[ -n "$server_pid" ]] && kill $server_pid 2>/dev/null || true
+  # Everything the demo started in its cgroup goes with it.
+  [[ -f "$cgroup/cgroup.procs" ]] && xargs -r kill < "$cgroup/cgroup.procs" 2>/dev/null || true
   [[ -n "$agent_pid" ]] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null || true
   "$tf" agent --uninstall --pin-dir "$pin_dir" >/dev/null 2>&1 || true
   rmdir "$cgroup" 2>/dev/null || true
@@ -40,27 +41,31 @@ untracked-fallback = allow
 CONF
 echo "== agent config"; cat "$work/trustfence.conf"
 
+started() { grep -c "datapath .* on cgroup" "$work/agent.log" || true; }
 start_agent() {
+  local before
+  before=$(started)
   "$tf" agent --config "$work/trustfence.conf" >> "$work/agent.log" 2>&1 &
   agent_pid=$!
-  for _ in $(seq 50); do grep -q "datapath .* on cgroup" "$work/agent.log" && break; sleep 0.1; done
-  grep -q "datapath .* on cgroup" "$work/agent.log" || { cat "$work/agent.log"; exit 1; }
+  for _ in $(seq 50); do (($(started) > before)) && return; sleep 0.1; done
+  cat "$work/agent.log"
+  exit 1
 }
 start_agent
 
 in_cgroup() { bash -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' _ "$cgroup" "$@"; }
+# In the background, $! must be the program itself, not a subshell.
+spawn_in_cgroup() { (exec bash -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' _ "$cgroup" "$@") & }
 port=18480 other_port=18481
-in_cgroup python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work" >/dev/null 2>&1 &
-server_pid=$!
-in_cgroup python3 -m http.server "$other_port" --bind 127.0.0.1 --directory "$work" >/dev/null 2>&1 &
-server_pid="$server_pid $!"
+spawn_in_cgroup python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work" >/dev/null 2>&1
+spawn_in_cgroup python3 -m http.server "$other_port" --bind 127.0.0.1 --directory "$work" >/dev/null 2>&1
 for p in $port $other_port; do
   for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
 done
 sleep 0.3
 
 echo; echo "== 1. audit: a long-lived socat connection and three curl requests, all in $cgroup"
-in_cgroup socat -u "TCP:127.0.0.1:$port" - >/dev/null 2>&1 &
+spawn_in_cgroup socat -u "TCP:127.0.0.1:$port" - >/dev/null 2>&1
 socat_pid=$!
 for i in 1 2 3; do
   in_cgroup curl -s -o /dev/null -w "curl $i: HTTP %{http_code} in %{time_total}s\n" "http://127.0.0.1:$port/"
