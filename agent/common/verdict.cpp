@@ -25,6 +25,7 @@ constexpr std::array<std::string_view, TF_REASON_COUNT> kReasons = {
     "revoked",
     "pending",
     "untracked",
+    "table-full",
 };
 static_assert(kReasons.size() == TF_REASON_COUNT, "a name for every tf_reason");
 

@@ -17,8 +17,8 @@ namespace trustfence::datapath {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr std::array<const char*, 5> kMapPins = {"tf_conns", "tf_events", "tf_exempt",
-                                                 "tf_stats", "tf_meta"};
+constexpr std::array<const char*, 6> kMapPins = {"tf_conns", "tf_events",   "tf_exempt",
+                                                 "tf_stats", "tf_overflow", "tf_meta"};
 constexpr std::array<const char*, 3> kLinkPins = {"tf_sockops_link", "tf_egress_link",
                                                   "tf_ingress_link"};
 

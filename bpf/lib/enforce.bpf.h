@@ -90,6 +90,19 @@ static __always_inline bool tf_sock_establishing(struct __sk_buff *skb)
 	}
 }
 
+/* tf_sockops saw this socket established but had no room to record it. */
+static __always_inline bool tf_sock_overflowed(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+
+	if (!sk)
+		return false;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return false;
+	return bpf_sk_storage_get(&tf_overflow, sk, 0, 0) != NULL;
+}
+
 /* Traffic of a socket tf_conns does not know. */
 static __always_inline int tf_untracked(struct __sk_buff *skb,
 					enum tf_packet_dir dir)
@@ -113,6 +126,8 @@ static __always_inline int tf_untracked(struct __sk_buff *skb,
 			return tf_pass(dir, TF_REASON_PENDING);
 		return tf_drop(dir, TF_REASON_PENDING);
 	}
+	if (tf_sock_overflowed(skb))
+		return tf_deny(skb, dir, TF_REASON_TABLE_FULL);
 	if (tf_config.untracked_verdict == TF_VERDICT_ALLOW)
 		return tf_pass(dir, TF_REASON_UNTRACKED);
 	return tf_deny(skb, dir, TF_REASON_UNTRACKED);

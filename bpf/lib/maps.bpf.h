@@ -46,6 +46,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tf_stats SEC(".maps");
 
+/*
+ * Sockets tf_sockops could not record because tf_conns was full. Their
+ * traffic is denied (reason table-full) rather than left to the untracked
+ * fallback: flooding the table must not open a way around verification.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tf_overflow SEC(".maps");
+
 /* Written once by the agent that created the pins; read by its successors. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -109,15 +109,31 @@ static __always_inline void tf_lower_rto(struct bpf_sock_ops *skops,
 	tf_count(TF_COUNTER_RTO_LOWERED);
 }
 
-/* Callbacks we need: close always; RTT and RTO while the floor is lowered. */
-static __always_inline void tf_set_callbacks(struct bpf_sock_ops *skops,
-					     bool watch_verdict)
+/*
+ * Callbacks we need: close always (or the entry would outlive its socket);
+ * RTT and RTO while the floor is lowered, to restore it once decided.
+ */
+static __always_inline int tf_set_callbacks(struct bpf_sock_ops *skops,
+					    bool watch_verdict)
 {
 	int flags = BPF_SOCK_OPS_STATE_CB_FLAG;
 
-	if (watch_verdict)
-		flags |= BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG;
-	bpf_sock_ops_cb_flags_set(skops, flags);
+	if (watch_verdict &&
+	    !bpf_sock_ops_cb_flags_set(skops,
+				       flags | BPF_SOCK_OPS_RTT_CB_FLAG |
+					       BPF_SOCK_OPS_RTO_CB_FLAG))
+		return 0;
+	return bpf_sock_ops_cb_flags_set(skops, flags);
+}
+
+static __always_inline void tf_mark_overflow(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+
+	tf_count(TF_COUNTER_TABLE_FULL);
+	if (sk)
+		bpf_sk_storage_get(&tf_overflow, sk, 0,
+				   BPF_SK_STORAGE_GET_F_CREATE);
 }
 
 static __always_inline void tf_track(struct bpf_sock_ops *skops,
@@ -143,11 +159,16 @@ static __always_inline void tf_track(struct bpf_sock_ops *skops,
 		tf_lower_rto(skops, &conn);
 	}
 	if (bpf_map_update_elem(&tf_conns, &cookie, &conn, BPF_NOEXIST)) {
-		tf_count(TF_COUNTER_TABLE_FULL);
+		tf_mark_overflow(skops);
+		return;
+	}
+	if (tf_set_callbacks(skops, conn.flags & TF_CONN_F_RTO_LOWERED)) {
+		/* Without the close callback the entry would go stale. */
+		bpf_map_delete_elem(&tf_conns, &cookie);
+		tf_mark_overflow(skops);
 		return;
 	}
 	tf_count(TF_COUNTER_CONN_TRACKED);
-	tf_set_callbacks(skops, conn.flags & TF_CONN_F_RTO_LOWERED);
 	tf_emit(cookie, TF_EVENT_NEW, &conn);
 }
 

@@ -42,6 +42,7 @@ enum tf_verdict {
  * TF_REASON_PENDING and TF_REASON_UNTRACKED are datapath reasons: payload
  * held while awaiting a verdict, and traffic of a connection the datapath
  * never saw established (handled by the untracked fallback).
+ * TF_REASON_TABLE_FULL denies a socket tf_conns had no room for.
  */
 enum tf_reason {
   TF_REASON_NONE = 0,
@@ -61,6 +62,7 @@ enum tf_reason {
   TF_REASON_REVOKED,
   TF_REASON_PENDING,
   TF_REASON_UNTRACKED,
+  TF_REASON_TABLE_FULL,
   TF_REASON_COUNT
 };
 
@@ -91,7 +93,7 @@ enum tf_counter {
   TF_COUNTER_CONN_TRACKED = 0,
   TF_COUNTER_CONN_EXEMPT,
   TF_COUNTER_CONN_CLOSED,
-  TF_COUNTER_TABLE_FULL,  /* tf_conns had no room: connection untracked */
+  TF_COUNTER_TABLE_FULL,  /* tf_conns had no room: connection denied */
   TF_COUNTER_EVENTS_LOST, /* tf_events had no room: agent missed one */
   TF_COUNTER_RTO_LOWERED,
   TF_COUNTER_RTO_RESTORED,
