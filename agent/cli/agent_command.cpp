@@ -4,7 +4,6 @@
 #include <iostream>
 
 #include "cli_commands.hpp"
-#include "pin_dir_option.hpp"
 #include "trustfence/config/config.hpp"
 #include "trustfence/datapath/datapath.hpp"
 #include "trustfence/runtime/agent.hpp"
@@ -25,7 +24,7 @@ int agent_command(const std::vector<std::string>& args) {
     else rest.push_back(arg);
   }
   if (uninstall) {
-    auto pin_dir = pin_dir_from(rest);
+    auto pin_dir = config::load_pin_dir(rest);
     if (!pin_dir) {
       std::cerr << "trustfence agent: " << pin_dir.error().message << "\n";
       return 2;

@@ -10,8 +10,8 @@
 #include <iostream>
 
 #include "cli_commands.hpp"
-#include "pin_dir_option.hpp"
 #include "trustfence/common/verdict.hpp"
+#include "trustfence/config/config.hpp"
 #include "trustfence/datapath/datapath.hpp"
 #include "trustfence/datapath/format.hpp"
 
@@ -76,7 +76,7 @@ void print_table(const json& rows) {
 }
 
 Result<datapath::PinnedMaps> open_maps(const CommonArgs& args) {
-  auto pin_dir = pin_dir_from(args.rest);
+  auto pin_dir = config::load_pin_dir(args.rest);
   if (!pin_dir) return std::unexpected(pin_dir.error());
   return datapath::PinnedMaps::open(*pin_dir);
 }

@@ -133,7 +133,7 @@ Result<Config> load(const std::vector<std::string>& args) {
   if (vm.count("exempt")) {
     for (const auto& text : vm["exempt"].as<std::vector<std::string>>()) {
       auto ex = datapath::Exemption::parse(text);
-      if (!ex) return check.bad("exempt", text, ex.error().message);
+      if (!ex) return fail(Errc::kInvalidArgument, check.where("exempt", text) + ex.error().message);
       dp.exemptions.push_back(*ex);
     }
   }
@@ -151,6 +151,25 @@ Result<Config> load(const std::vector<std::string>& args) {
   if (std::find(levels.begin(), levels.end(), config.log_level) == levels.end())
     return check.bad("log-level", config.log_level, "must be trace, debug, info, warn or error");
   return config;
+}
+
+Result<std::string> load_pin_dir(const std::vector<std::string>& args) {
+  po::options_description cli("Options");
+  cli.add_options()("config", po::value<std::string>(), "configuration file")(
+      "pin-dir", po::value<std::string>()->default_value(datapath::kDefaultPinDir), "");
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(cli).allow_unregistered().run(), vm);
+    if (vm.count("config")) {
+      const auto& file = vm["config"].as<std::string>();
+      std::ifstream in(file);
+      if (!in) return fail_errno("config: cannot read " + file, errno);
+      po::store(po::parse_config_file(in, cli, true), vm);
+    }
+  } catch (const po::error& e) {
+    return fail(Errc::kInvalidArgument, e.what());
+  }
+  return vm["pin-dir"].as<std::string>();
 }
 
 }  // namespace trustfence::config

@@ -1,5 +1,7 @@
 #include "trustfence/datapath/conn_table.hpp"
 
+#include <unordered_set>
+
 namespace trustfence::datapath {
 
 void apply(const VerdictUpdate& update, tf_conn& conn) {
@@ -30,8 +32,12 @@ Result<bool> BpfConnTable::set_verdict(Cookie cookie, const VerdictUpdate& updat
 
 Result<std::vector<std::pair<Cookie, tf_conn>>> BpfConnTable::snapshot() const {
   std::vector<std::pair<Cookie, tf_conn>> entries;
+  // A walk restarts when its cursor is deleted under it: keep each key once.
   std::vector<Cookie> keys;
-  auto walked = map_.for_each_key([&](const Cookie& key) { keys.push_back(key); });
+  std::unordered_set<Cookie> seen;
+  auto walked = map_.for_each_key([&](const Cookie& key) {
+    if (seen.insert(key).second) keys.push_back(key);
+  });
   if (!walked) return std::unexpected(walked.error());
   entries.reserve(keys.size());
   for (Cookie key : keys) {

@@ -22,6 +22,10 @@ struct Config {
 // args: the command line after the subcommand, e.g. {"--config", "f.conf"}.
 Result<Config> load(const std::vector<std::string>& args);
 
+// Only the pin directory: --pin-dir, else the pin-dir key of --config FILE,
+// else the default. For commands that read the pinned maps.
+Result<std::string> load_pin_dir(const std::vector<std::string>& args);
+
 // Help text of every key, for `trustfence agent --help`.
 std::string describe_keys();
 
