@@ -72,8 +72,12 @@ static __always_inline int tf_deny(struct __sk_buff *skb,
 	return tf_drop(dir, reason);
 }
 
-/* A socket whose handshake is still under way is not yet in tf_conns. */
-static __always_inline bool tf_sock_establishing(struct __sk_buff *skb)
+/*
+ * A socket whose handshake is still under way is not yet in tf_conns; one in
+ * TIME_WAIT has left it. Neither predates the datapath, so neither takes the
+ * untracked fallback: their control segments pass, payload never does.
+ */
+static __always_inline bool tf_sock_transient(struct __sk_buff *skb)
 {
 	struct bpf_sock *sk = skb->sk;
 
@@ -84,6 +88,7 @@ static __always_inline bool tf_sock_establishing(struct __sk_buff *skb)
 	case BPF_TCP_SYN_RECV:
 	case BPF_TCP_LISTEN:
 	case BPF_TCP_NEW_SYN_RECV:
+	case BPF_TCP_TIME_WAIT:
 		return true;
 	default:
 		return false;
@@ -121,7 +126,7 @@ static __always_inline int tf_untracked(struct __sk_buff *skb,
 		if (tf_is_exempt(remote, rport, lport))
 			return tf_pass(dir, TF_REASON_EXEMPT);
 	}
-	if (tf_sock_establishing(skb)) {
+	if (tf_sock_transient(skb)) {
 		if (tf_is_control(&seg, parsed))
 			return tf_pass(dir, TF_REASON_PENDING);
 		return tf_drop(dir, TF_REASON_PENDING);
