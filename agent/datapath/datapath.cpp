@@ -3,6 +3,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -137,10 +138,19 @@ Result<Datapath> Datapath::open(const DatapathOptions& options) {
   auto cg_id = datapath::cgroup_id(*cgroup);
   if (!cg_id) return std::unexpected(cg_id.error());
   if (auto ok = prepare_pin_dir(options.pin_dir); !ok) return std::unexpected(ok.error());
+  // One agent per pin-dir: two would race to swap programs and split the
+  // events between them.
+  UniqueFd lock(::open(options.pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!lock) return fail_errno("pin-dir: opening " + options.pin_dir, errno);
+  if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0)
+    return fail(errno == EWOULDBLOCK ? Errc::kPermissionDenied : errc_from_errno(errno),
+                "pin-dir: " + options.pin_dir +
+                    " is in use by another running agent (one agent per pin-dir)");
   auto pins = check_pins(options.pin_dir);
   if (!pins) return std::unexpected(pins.error());
 
   Datapath dp;
+  dp.pin_lock_ = std::move(lock);
   dp.cgroup_path_ = *cgroup;
   dp.cgroup_id_ = *cg_id;
   dp.pin_state_ = *pins;
@@ -302,6 +312,14 @@ std::vector<std::uint32_t> Datapath::program_ids() const {
 }
 
 Result<void> Datapath::uninstall(const std::string& pin_dir) {
+  UniqueFd lock(::open(pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!lock) {
+    if (errno == ENOENT) return {};
+    return fail_errno("pin-dir: opening " + pin_dir, errno);
+  }
+  if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0)
+    return fail(Errc::kPermissionDenied,
+                "pin-dir: " + pin_dir + " is in use by a running agent; stop it first");
   // Links first: removing their pins detaches the programs.
   std::vector<std::string> names(kLinkPins.begin(), kLinkPins.end());
   names.insert(names.end(), kMapPins.begin(), kMapPins.end());

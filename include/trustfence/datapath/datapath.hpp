@@ -15,6 +15,7 @@
 
 #include "trustfence/abi.h"
 #include "trustfence/common/result.hpp"
+#include "trustfence/common/unique_fd.hpp"
 #include "trustfence/datapath/conn_table.hpp"
 #include "trustfence/datapath/events.hpp"
 #include "trustfence/datapath/exemption.hpp"
@@ -86,6 +87,7 @@ class Datapath {
 
   Datapath() = default;
 
+  UniqueFd pin_lock_;  // flock on pin_dir, held while we run
   std::unique_ptr<tf_datapath, SkeletonDeleter> skel_;
   std::unique_ptr<bpf_link, LinkDeleter> resend_link_;  // not pinned: per agent
   std::unique_ptr<ConnTable> conns_;
