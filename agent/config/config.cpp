@@ -2,6 +2,8 @@
 
 #include <boost/program_options.hpp>
 #include <charconv>
+#include <filesystem>
+#include <optional>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -23,13 +25,34 @@ po::options_description key_descriptions() {
        "verdict for connections established before the datapath: allow | deny")
       ("exempt", po::value<std::vector<std::string>>()->composing(),
        "CIDR[:port] never held, e.g. 10.96.0.10/32:53 (repeatable)")
-      ("pending-rto-min-us", po::value<std::uint32_t>()->default_value(datapath::kDefaultPendingRtoMinUs),
+      ("pending-rto-min-us",
+       po::value<std::string>()->default_value(std::to_string(datapath::kDefaultPendingRtoMinUs)),
        "retransmission floor of pending sockets in microseconds (0 leaves it alone)")
-      ("max-connections", po::value<std::uint32_t>()->default_value(TF_DEFAULT_MAX_CONNS),
+      ("max-connections", po::value<std::string>()->default_value(std::to_string(TF_DEFAULT_MAX_CONNS)),
        "capacity of the connection table")
       ("log-level", po::value<std::string>()->default_value("info"),
        "trace | debug | info | warn | error");
   return keys;
+}
+
+// Digits only: no sign, no spaces, no wrap-around.
+std::optional<std::uint32_t> parse_uint(const std::string& text) {
+  std::uint32_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+// The config file must be a readable regular file, not a directory.
+Result<std::ifstream> open_config(const std::string& file) {
+  std::error_code ec;
+  if (!std::filesystem::exists(file, ec))
+    return fail(Errc::kNotFound, "config: " + file + " does not exist");
+  if (!std::filesystem::is_regular_file(file, ec))
+    return fail(Errc::kInvalidArgument, "config: " + file + " is not a regular file");
+  std::ifstream in(file);
+  if (!in) return fail_errno("config: cannot read " + file, errno);
+  return in;
 }
 
 // key -> (value -> line) of a config file, to point errors at a line.
@@ -63,11 +86,12 @@ class Validator {
     return fail(Errc::kInvalidArgument, where(key, value) + key + " = " + value + ": " + why);
   }
   std::string where(const std::string& key, const std::string& value) const {
+    // The file's line when the value came from the file, else the flag.
     auto k = lines_.find(key);
     if (k == lines_.end()) return "--" + key + ": ";
     auto v = k->second.find(value);
-    int line = v != k->second.end() ? v->second : k->second.begin()->second;
-    return file_ + ":" + std::to_string(line) + ": ";
+    if (v == k->second.end()) return "--" + key + ": ";
+    return file_ + ":" + std::to_string(v->second) + ": ";
   }
 
  private:
@@ -93,9 +117,9 @@ Result<Config> load(const std::vector<std::string>& args) {
     po::store(po::command_line_parser(args).options(cli).run(), vm);
     if (vm.count("config")) {
       config.file = vm["config"].as<std::string>();
-      std::ifstream in(config.file);
-      if (!in) return fail_errno("config: cannot read " + config.file, errno);
-      po::store(po::parse_config_file(in, key_descriptions(), false), vm);
+      auto in = open_config(config.file);
+      if (!in) return std::unexpected(in.error());
+      po::store(po::parse_config_file(*in, key_descriptions(), false), vm);
     }
     po::notify(vm);
   } catch (const po::error& e) {
@@ -137,14 +161,16 @@ Result<Config> load(const std::vector<std::string>& args) {
       dp.exemptions.push_back(*ex);
     }
   }
-  dp.pending_rto_min_us = vm["pending-rto-min-us"].as<std::uint32_t>();
-  if (dp.pending_rto_min_us != 0 && (dp.pending_rto_min_us < 1000 || dp.pending_rto_min_us > 200'000))
-    return check.bad("pending-rto-min-us", std::to_string(dp.pending_rto_min_us),
-                     "must be 0 (off) or between 1000 and 200000");
-  dp.max_connections = vm["max-connections"].as<std::uint32_t>();
-  if (dp.max_connections < 16 || dp.max_connections > (1u << 24))
-    return check.bad("max-connections", std::to_string(dp.max_connections),
-                     "must be between 16 and 16777216");
+  auto rto = vm["pending-rto-min-us"].as<std::string>();
+  auto rto_us = parse_uint(rto);
+  if (!rto_us || (*rto_us != 0 && (*rto_us < 1000 || *rto_us > 200'000)))
+    return check.bad("pending-rto-min-us", rto, "must be 0 (off) or between 1000 and 200000");
+  dp.pending_rto_min_us = *rto_us;
+  auto max_conns = vm["max-connections"].as<std::string>();
+  auto max_conns_value = parse_uint(max_conns);
+  if (!max_conns_value || *max_conns_value < 16 || *max_conns_value > (1u << 24))
+    return check.bad("max-connections", max_conns, "must be between 16 and 16777216");
+  dp.max_connections = *max_conns_value;
 
   config.log_level = vm["log-level"].as<std::string>();
   static const std::array<std::string_view, 5> levels = {"trace", "debug", "info", "warn", "error"};
@@ -161,10 +187,9 @@ Result<std::string> load_pin_dir(const std::vector<std::string>& args) {
   try {
     po::store(po::command_line_parser(args).options(cli).allow_unregistered().run(), vm);
     if (vm.count("config")) {
-      const auto& file = vm["config"].as<std::string>();
-      std::ifstream in(file);
-      if (!in) return fail_errno("config: cannot read " + file, errno);
-      po::store(po::parse_config_file(in, cli, true), vm);
+      auto in = open_config(vm["config"].as<std::string>());
+      if (!in) return std::unexpected(in.error());
+      po::store(po::parse_config_file(*in, cli, true), vm);
     }
   } catch (const po::error& e) {
     return fail(Errc::kInvalidArgument, e.what());

@@ -5,15 +5,17 @@
 namespace trustfence::datapath {
 
 Result<Event> decode_event(const void* data, std::size_t size) {
-  if (size < sizeof(tf_event))
+  if (size != sizeof(tf_event))
     return fail(Errc::kIncompatible, "tf_events record of " + std::to_string(size) +
                                          " bytes, expected " + std::to_string(sizeof(tf_event)));
   tf_event raw;
   std::memcpy(&raw, data, sizeof(raw));
   if (raw.kind != TF_EVENT_NEW && raw.kind != TF_EVENT_CLOSE)
     return fail(Errc::kIncompatible, "tf_events record of unknown kind " + std::to_string(raw.kind));
-  if (raw.conn.verdict >= TF_VERDICT_COUNT || raw.conn.reason >= TF_REASON_COUNT)
-    return fail(Errc::kIncompatible, "tf_events record with out-of-range verdict or reason");
+  if (raw.conn.verdict >= TF_VERDICT_COUNT || raw.conn.reason >= TF_REASON_COUNT ||
+      (raw.conn.direction != TF_DIRECTION_OUTBOUND && raw.conn.direction != TF_DIRECTION_INBOUND))
+    return fail(Errc::kIncompatible,
+                "tf_events record with out-of-range verdict, reason or direction");
   return Event{static_cast<tf_event_kind>(raw.kind), raw.cookie, raw.timestamp_ns, raw.conn};
 }
 

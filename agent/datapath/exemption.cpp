@@ -38,8 +38,12 @@ Result<Exemption> Exemption::parse(std::string_view text) {
       prefix = rest.substr(1, colon == std::string_view::npos ? colon : colon - 1);
       rest = colon == std::string_view::npos ? std::string_view() : rest.substr(colon);
     }
-    if (rest.starts_with(':')) port = rest.substr(1);
-    else if (!rest.empty()) return bad("unexpected '" + std::string(rest) + "'");
+    if (rest.starts_with(':')) {
+      port = rest.substr(1);
+      if (port.empty()) return bad("empty port after ':'");
+    } else if (!rest.empty()) {
+      return bad("unexpected '" + std::string(rest) + "'");
+    }
   } else if (auto slash = rest.find('/'); slash != std::string_view::npos) {
     addr = rest.substr(0, slash);
     auto after = rest.substr(slash + 1);

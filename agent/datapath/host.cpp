@@ -18,13 +18,35 @@
 namespace trustfence::datapath {
 namespace fs = std::filesystem;
 
+namespace {
+
+// /proc/mounts writes space, tab, newline and backslash as \ooo octal.
+std::string unescape_mount_field(const std::string& field) {
+  std::string out;
+  for (std::size_t i = 0; i < field.size(); ++i) {
+    if (field[i] == '\\' && i + 3 < field.size()) {
+      auto octal = field.substr(i + 1, 3);
+      if (octal.size() == 3 && octal.find_first_not_of("01234567") == std::string::npos) {
+        out.push_back(static_cast<char>(std::stoi(octal, nullptr, 8)));
+        i += 3;
+        continue;
+      }
+    }
+    out.push_back(field[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
 Result<std::string> find_cgroup2_mount(std::string_view proc_mounts) {
   std::istringstream lines{std::string(proc_mounts)};
   std::string line;
   while (std::getline(lines, line)) {
     std::istringstream fields(line);
     std::string device, mount_point, type;
-    if (fields >> device >> mount_point >> type && type == "cgroup2") return mount_point;
+    if (fields >> device >> mount_point >> type && type == "cgroup2")
+      return unescape_mount_field(mount_point);
   }
   return fail(Errc::kUnsupported,
               "no cgroup v2 hierarchy is mounted (no cgroup2 line in /proc/mounts); mount one, "
