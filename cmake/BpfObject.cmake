@@ -53,6 +53,8 @@ function(trustfence_bpf_object name source)
     COMMENT "BPF skeleton ${name}.skel.h"
     VERBATIM)
   add_custom_target(${name}_skel_gen DEPENDS ${skel})
+  # vmlinux.h is made by a rule of the top directory: order on its target.
+  add_dependencies(${name}_skel_gen tf_vmlinux_h)
   add_library(${name}_skel INTERFACE)
   add_dependencies(${name}_skel ${name}_skel_gen)
   target_include_directories(${name}_skel INTERFACE ${TF_BPF_GEN_DIR})

@@ -20,8 +20,10 @@ int agent_command(const std::vector<std::string>& args) {
   std::vector<std::string> rest;
   bool uninstall = false;
   for (const auto& arg : args) {
-    if (arg == "--uninstall") uninstall = true;
-    else rest.push_back(arg);
+    if (arg == "--uninstall")
+      uninstall = true;
+    else
+      rest.push_back(arg);
   }
   if (uninstall) {
     auto pin_dir = config::load_pin_dir(rest);

@@ -100,8 +100,10 @@ int conns_command(const std::vector<std::string>& argv) {
   auto now = datapath::monotonic_ns();
   json rows = json::array();
   for (const auto& [cookie, conn] : *entries) rows.push_back(conn_json(cookie, conn, now));
-  if (args->json) std::cout << rows.dump(2) << "\n";
-  else print_table(rows);
+  if (args->json)
+    std::cout << rows.dump(2) << "\n";
+  else
+    print_table(rows);
   return 0;
 }
 
@@ -121,8 +123,10 @@ int conn_command(const std::vector<std::string>& argv) {
   if (!conn) return report(conn.error(), "conn");
   if (!*conn) return report({Errc::kNotFound, "no tracked connection " + text}, "conn");
   json row = conn_json(cookie, **conn, datapath::monotonic_ns());
-  if (args->json) std::cout << row.dump(2) << "\n";
-  else print_table(json::array({row}));
+  if (args->json)
+    std::cout << row.dump(2) << "\n";
+  else
+    print_table(json::array({row}));
   return 0;
 }
 
@@ -142,9 +146,8 @@ int stats_command(const std::vector<std::string>& argv) {
     for (int a = 0; a < TF_ACTION_COUNT; ++a)
       for (int r = 0; r < TF_REASON_COUNT; ++r)
         if (auto n = total.packets[d][a][r]; n != 0)
-          packets[std::string(to_string(static_cast<tf_packet_dir>(d)))]
-                 [std::string(to_string(static_cast<tf_action>(a)))]
-                 [std::string(to_string(static_cast<tf_reason>(r)))] = n;
+          packets[std::string(to_string(static_cast<tf_packet_dir>(d)))][std::string(to_string(
+              static_cast<tf_action>(a)))][std::string(to_string(static_cast<tf_reason>(r)))] = n;
   json counters = json::object();
   for (int c = 0; c < TF_COUNTER_COUNT; ++c)
     counters[std::string(to_string(static_cast<tf_counter>(c)))] = total.counters[c];
@@ -156,15 +159,17 @@ int stats_command(const std::vector<std::string>& argv) {
   }
   json out = {{"packets", packets},
               {"counters", counters},
-              {"connections", {{"tracked", entries->size()},
-                               {"capacity", maps->conns->capacity()},
-                               {"by_verdict", verdicts}}}};
+              {"connections",
+               {{"tracked", entries->size()},
+                {"capacity", maps->conns->capacity()},
+                {"by_verdict", verdicts}}}};
   if (args->json) {
     std::cout << out.dump(2) << "\n";
     return 0;
   }
   std::printf("connections: %zu tracked of %zu\n", entries->size(), maps->conns->capacity());
-  for (auto& [verdict, n] : verdicts.items()) std::printf("  %-10s %llu\n", verdict.c_str(), n.get<unsigned long long>());
+  for (auto& [verdict, n] : verdicts.items())
+    std::printf("  %-10s %llu\n", verdict.c_str(), n.get<unsigned long long>());
   std::printf("packets:\n");
   for (auto& [dir, actions] : packets.items())
     for (auto& [action, reasons] : actions.items())

@@ -23,8 +23,10 @@ int libbpf_to_spdlog(enum libbpf_print_level level, const char* format, va_list 
   vsnprintf(text.data(), text.size(), format, args);
   text.resize(static_cast<std::size_t>(n));
   while (!text.empty() && text.back() == '\n') text.pop_back();
-  if (level == LIBBPF_WARN) spdlog::warn("libbpf: {}", text);
-  else spdlog::debug("libbpf: {}", text);
+  if (level == LIBBPF_WARN)
+    spdlog::warn("libbpf: {}", text);
+  else
+    spdlog::debug("libbpf: {}", text);
   return n;
 }
 

@@ -32,8 +32,8 @@ static_assert(kReasons.size() == TF_REASON_COUNT, "a name for every tf_reason");
 constexpr std::array<std::string_view, TF_ACTION_COUNT> kActions = {"pass", "drop", "audit"};
 constexpr std::array<std::string_view, TF_PACKET_DIR_COUNT> kPacketDirs = {"egress", "ingress"};
 constexpr std::array<std::string_view, TF_COUNTER_COUNT> kCounters = {
-    "conn_tracked",  "conn_exempt",  "conn_closed",     "table_full",
-    "events_lost",   "rto_lowered",  "rto_restored",    "rto_unsupported",
+    "conn_tracked", "conn_exempt", "conn_closed",  "table_full",
+    "events_lost",  "rto_lowered", "rto_restored", "rto_unsupported",
 };
 
 template <typename Enum, std::size_t N>
@@ -43,8 +43,7 @@ std::string_view name_of(const std::array<std::string_view, N>& names, Enum valu
 }
 
 template <typename Enum, std::size_t N>
-std::optional<Enum> find_name(const std::array<std::string_view, N>& names,
-                              std::string_view name) {
+std::optional<Enum> find_name(const std::array<std::string_view, N>& names, std::string_view name) {
   for (std::size_t i = 0; i < N; ++i)
     if (names[i] == name) return static_cast<Enum>(i);
   return std::nullopt;

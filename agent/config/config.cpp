@@ -3,9 +3,9 @@
 #include <boost/program_options.hpp>
 #include <charconv>
 #include <filesystem>
-#include <optional>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 namespace po = boost::program_options;
@@ -15,23 +15,23 @@ namespace {
 
 po::options_description key_descriptions() {
   po::options_description keys("Configuration keys (in the file as `key = value`, or as --key)");
-  keys.add_options()
-      ("cgroup", po::value<std::string>(),
-       "cgroup v2 to enforce: absolute, or relative to the cgroup v2 mount")
-      ("pin-dir", po::value<std::string>()->default_value(datapath::kDefaultPinDir),
-       "bpffs directory where maps and links are pinned")
-      ("mode", po::value<std::string>()->default_value("enforce"), "enforce | audit")
-      ("untracked-fallback", po::value<std::string>()->default_value("allow"),
-       "verdict for connections established before the datapath: allow | deny")
-      ("exempt", po::value<std::vector<std::string>>()->composing(),
-       "CIDR[:port] never held, e.g. 10.96.0.10/32:53 (repeatable)")
-      ("pending-rto-min-us",
-       po::value<std::string>()->default_value(std::to_string(datapath::kDefaultPendingRtoMinUs)),
-       "retransmission floor of pending sockets in microseconds (0 leaves it alone)")
-      ("max-connections", po::value<std::string>()->default_value(std::to_string(TF_DEFAULT_MAX_CONNS)),
-       "capacity of the connection table")
-      ("log-level", po::value<std::string>()->default_value("info"),
-       "trace | debug | info | warn | error");
+  keys.add_options()("cgroup", po::value<std::string>(),
+                     "cgroup v2 to enforce: absolute, or relative to the cgroup v2 mount")(
+      "pin-dir", po::value<std::string>()->default_value(datapath::kDefaultPinDir),
+      "bpffs directory where maps and links are pinned")(
+      "mode", po::value<std::string>()->default_value("enforce"), "enforce | audit")(
+      "untracked-fallback", po::value<std::string>()->default_value("allow"),
+      "verdict for connections established before the datapath: allow | deny")(
+      "exempt", po::value<std::vector<std::string>>()->composing(),
+      "CIDR[:port] never held, e.g. 10.96.0.10/32:53 (repeatable)")(
+      "pending-rto-min-us",
+      po::value<std::string>()->default_value(std::to_string(datapath::kDefaultPendingRtoMinUs)),
+      "retransmission floor of pending sockets in microseconds (0 leaves it alone)")(
+      "max-connections",
+      po::value<std::string>()->default_value(std::to_string(TF_DEFAULT_MAX_CONNS)),
+      "capacity of the connection table")("log-level",
+                                          po::value<std::string>()->default_value("info"),
+                                          "trace | debug | info | warn | error");
   return keys;
 }
 
@@ -145,19 +145,26 @@ Result<Config> load(const std::vector<std::string>& args) {
     return check.bad("pin-dir", dp.pin_dir, "must be an absolute path on a bpffs");
 
   auto mode = vm["mode"].as<std::string>();
-  if (mode == "enforce") dp.mode = TF_MODE_ENFORCE;
-  else if (mode == "audit") dp.mode = TF_MODE_AUDIT;
-  else return check.bad("mode", mode, "must be enforce or audit");
+  if (mode == "enforce")
+    dp.mode = TF_MODE_ENFORCE;
+  else if (mode == "audit")
+    dp.mode = TF_MODE_AUDIT;
+  else
+    return check.bad("mode", mode, "must be enforce or audit");
 
   auto fallback = vm["untracked-fallback"].as<std::string>();
-  if (fallback == "allow") dp.untracked_verdict = TF_VERDICT_ALLOW;
-  else if (fallback == "deny") dp.untracked_verdict = TF_VERDICT_DENY;
-  else return check.bad("untracked-fallback", fallback, "must be allow or deny");
+  if (fallback == "allow")
+    dp.untracked_verdict = TF_VERDICT_ALLOW;
+  else if (fallback == "deny")
+    dp.untracked_verdict = TF_VERDICT_DENY;
+  else
+    return check.bad("untracked-fallback", fallback, "must be allow or deny");
 
   if (vm.count("exempt")) {
     for (const auto& text : vm["exempt"].as<std::vector<std::string>>()) {
       auto ex = datapath::Exemption::parse(text);
-      if (!ex) return fail(Errc::kInvalidArgument, check.where("exempt", text) + ex.error().message);
+      if (!ex)
+        return fail(Errc::kInvalidArgument, check.where("exempt", text) + ex.error().message);
       dp.exemptions.push_back(*ex);
     }
   }

@@ -69,8 +69,8 @@ Result<PinState> check_pins(const std::string& pin_dir) {
     return fail_errno("reading pinned tf_meta", errno);
   tf_meta want = expected_meta();
   if (found.magic != want.magic)
-    return fail(Errc::kIncompatible,
-                "pinned maps in " + pin_dir + " were not made by trustfence" + cleanup_hint(pin_dir));
+    return fail(Errc::kIncompatible, "pinned maps in " + pin_dir + " were not made by trustfence" +
+                                         cleanup_hint(pin_dir));
   if (found.abi_version != want.abi_version || found.conn_size != want.conn_size ||
       found.event_size != want.event_size || found.stats_size != want.stats_size)
     return fail(Errc::kIncompatible, "pinned maps in " + pin_dir + " use ABI version " +
@@ -96,8 +96,9 @@ Result<void> attach_pinned(bpf_program* prog, int cgroup_fd, std::uint64_t cgrou
     if (info.type != BPF_LINK_TYPE_CGROUP || info.cgroup.cgroup_id != cgroup_id)
       return fail(Errc::kIncompatible,
                   "pinned link " + pin_path + " attaches " + name + " to cgroup id " +
-                      std::to_string(info.cgroup.cgroup_id) + ", not to the configured cgroup (id " +
-                      std::to_string(cgroup_id) + ")" + cleanup_hint(fs::path(pin_path).parent_path()));
+                      std::to_string(info.cgroup.cgroup_id) +
+                      ", not to the configured cgroup (id " + std::to_string(cgroup_id) + ")" +
+                      cleanup_hint(fs::path(pin_path).parent_path()));
     if (int err = bpf_link__update_program(link.get(), prog); err != 0)
       return fail_errno("replacing " + name + " behind " + pin_path, -err);
     return {};
@@ -124,9 +125,7 @@ tf_stats sum_stats(const std::vector<tf_stats>& per_cpu) {
 
 void Datapath::LinkDeleter::operator()(bpf_link* link) const { bpf_link__destroy(link); }
 
-void Datapath::SkeletonDeleter::operator()(tf_datapath* skel) const {
-  tf_datapath__destroy(skel);
-}
+void Datapath::SkeletonDeleter::operator()(tf_datapath* skel) const { tf_datapath__destroy(skel); }
 
 Datapath::Datapath(Datapath&&) noexcept = default;
 Datapath& Datapath::operator=(Datapath&&) noexcept = default;
@@ -164,8 +163,7 @@ Result<Datapath> Datapath::open(const DatapathOptions& options) {
     if (!info) return std::unexpected(info.error());
     max_conns = info->max_entries;
   }
-  if (max_conns == 0)
-    return fail(Errc::kInvalidArgument, "max-connections must be at least 1");
+  if (max_conns == 0) return fail(Errc::kInvalidArgument, "max-connections must be at least 1");
 
   // The resend iterator needs Linux 5.15+; without it, load the rest and
   // let TCP's own timers resend held payload.
@@ -283,8 +281,8 @@ Result<void> Datapath::set_exemptions(const std::vector<Exemption>& exemptions) 
     if (auto gone = exempt_->erase(key); !gone) return std::unexpected(gone.error());
   if (exemptions.size() > TF_MAX_EXEMPTIONS)
     return fail(Errc::kInvalidArgument, "exempt: " + std::to_string(exemptions.size()) +
-                                            " rules, at most " +
-                                            std::to_string(TF_MAX_EXEMPTIONS) + " are supported");
+                                            " rules, at most " + std::to_string(TF_MAX_EXEMPTIONS) +
+                                            " are supported");
   for (const auto& ex : exemptions)
     if (auto ok = exempt_->update(ex.key, 1); !ok)
       return fail(ok.error().code, "exempt '" + ex.text + "': " + ok.error().message);
@@ -303,7 +301,8 @@ Result<EventReader> Datapath::events(EventReader::Callback callback) const {
 
 std::vector<std::uint32_t> Datapath::program_ids() const {
   std::vector<std::uint32_t> ids;
-  for (bpf_program* prog : {skel_->progs.tf_sockops, skel_->progs.tf_egress, skel_->progs.tf_ingress}) {
+  for (bpf_program* prog :
+       {skel_->progs.tf_sockops, skel_->progs.tf_egress, skel_->progs.tf_ingress}) {
     bpf_prog_info info{};
     __u32 len = sizeof(info);
     if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) == 0) ids.push_back(info.id);

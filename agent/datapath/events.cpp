@@ -11,7 +11,8 @@ Result<Event> decode_event(const void* data, std::size_t size) {
   tf_event raw;
   std::memcpy(&raw, data, sizeof(raw));
   if (raw.kind != TF_EVENT_NEW && raw.kind != TF_EVENT_CLOSE)
-    return fail(Errc::kIncompatible, "tf_events record of unknown kind " + std::to_string(raw.kind));
+    return fail(Errc::kIncompatible,
+                "tf_events record of unknown kind " + std::to_string(raw.kind));
   if (raw.conn.verdict >= TF_VERDICT_COUNT || raw.conn.reason >= TF_REASON_COUNT ||
       (raw.conn.direction != TF_DIRECTION_OUTBOUND && raw.conn.direction != TF_DIRECTION_INBOUND))
     return fail(Errc::kIncompatible,

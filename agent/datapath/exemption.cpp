@@ -14,8 +14,8 @@ Result<unsigned> parse_number(std::string_view text, unsigned max, std::string_v
   unsigned value = 0;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
   if (text.empty() || ec != std::errc() || end != text.data() + text.size() || value > max)
-    return fail(Errc::kInvalidArgument, "exempt '" + std::string(rule) + "': " +
-                                            std::string(what) + " '" + std::string(text) +
+    return fail(Errc::kInvalidArgument, "exempt '" + std::string(rule) + "': " + std::string(what) +
+                                            " '" + std::string(text) +
                                             "' is not a number from 0 to " + std::to_string(max));
   return value;
 }

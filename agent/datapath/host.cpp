@@ -124,8 +124,8 @@ Result<void> check_kernel_features(const std::string& btf_path) {
     bpf_prog_type type;
     const char* name;
   };
-  constexpr std::array<ProgType, 2> progs = {{{BPF_PROG_TYPE_SOCK_OPS, "sock_ops"},
-                                              {BPF_PROG_TYPE_CGROUP_SKB, "cgroup_skb"}}};
+  constexpr std::array<ProgType, 2> progs = {
+      {{BPF_PROG_TYPE_SOCK_OPS, "sock_ops"}, {BPF_PROG_TYPE_CGROUP_SKB, "cgroup_skb"}}};
   for (auto [type, name] : progs) {
     if (libbpf_probe_bpf_prog_type(type, nullptr) != 1)
       return fail(Errc::kUnsupported,
@@ -164,9 +164,9 @@ Result<void> prepare_pin_dir(const std::string& pin_dir) {
     const fs::path default_mount = "/sys/fs/bpf";
     bool under_default = dir.string().rfind(default_mount.string() + "/", 0) == 0;
     if (!under_default)
-      return fail(Errc::kInvalidArgument,
-                  "pin-dir: " + pin_dir + " is not on a bpffs (mount one there, or use a path "
-                                          "under /sys/fs/bpf)");
+      return fail(Errc::kInvalidArgument, "pin-dir: " + pin_dir +
+                                              " is not on a bpffs (mount one there, or use a path "
+                                              "under /sys/fs/bpf)");
     std::error_code ec;
     fs::create_directories(default_mount, ec);
     if (!on_bpffs(default_mount) &&

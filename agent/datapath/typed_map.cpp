@@ -14,7 +14,8 @@ Result<MapInfo> map_info(int fd) {
 
 Result<UniqueFd> dup_fd(int fd, std::string_view what) {
   int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-  if (copy < 0) return fail_errno(std::string("duplicating descriptor of ") + std::string(what), errno);
+  if (copy < 0)
+    return fail_errno(std::string("duplicating descriptor of ") + std::string(what), errno);
   return UniqueFd(copy);
 }
 

@@ -6,11 +6,11 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
-#define AF_INET 2
-#define AF_INET6 10
-#define SOL_TCP 6
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
+#define AF_INET	     2
+#define AF_INET6     10
+#define SOL_TCP	     6
+#define ETH_P_IP     0x0800
+#define ETH_P_IPV6   0x86DD
 #define IPPROTO_TCP_ 6
 
 #define TF_TCP_FLAG_RST 0x04

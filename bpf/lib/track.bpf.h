@@ -119,9 +119,8 @@ static __always_inline int tf_set_callbacks(struct bpf_sock_ops *skops,
 	int flags = BPF_SOCK_OPS_STATE_CB_FLAG;
 
 	if (watch_verdict &&
-	    !bpf_sock_ops_cb_flags_set(skops,
-				       flags | BPF_SOCK_OPS_RTT_CB_FLAG |
-					       BPF_SOCK_OPS_RTO_CB_FLAG))
+	    !bpf_sock_ops_cb_flags_set(skops, flags | BPF_SOCK_OPS_RTT_CB_FLAG |
+						      BPF_SOCK_OPS_RTO_CB_FLAG))
 		return 0;
 	return bpf_sock_ops_cb_flags_set(skops, flags);
 }
@@ -187,9 +186,9 @@ static __always_inline void tf_restore_rto(struct bpf_sock_ops *skops)
 	if (conn->flags & TF_CONN_F_RTO_LOWERED) {
 		int saved = (int)conn->saved_rto_min_us;
 
-		if (saved > 0 && !bpf_setsockopt(skops, SOL_TCP,
-						 TF_TCP_BPF_RTO_MIN, &saved,
-						 sizeof(saved)))
+		if (saved > 0 &&
+		    !bpf_setsockopt(skops, SOL_TCP, TF_TCP_BPF_RTO_MIN, &saved,
+				    sizeof(saved)))
 			tf_count(TF_COUNTER_RTO_RESTORED);
 		conn->flags &= ~TF_CONN_F_RTO_LOWERED;
 	}

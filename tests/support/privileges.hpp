@@ -18,10 +18,10 @@ inline bool in_ci() {
 
 }  // namespace trustfence::testing
 
-#define TF_REQUIRE_ROOT()                                                  \
-  do {                                                                     \
-    if (::geteuid() != 0) {                                                \
-      if (::trustfence::testing::in_ci()) FAIL() << "CI=true needs root";  \
-      GTEST_SKIP() << "needs root (set CI=true to make this a failure)";   \
-    }                                                                      \
+#define TF_REQUIRE_ROOT()                                                 \
+  do {                                                                    \
+    if (::geteuid() != 0) {                                               \
+      if (::trustfence::testing::in_ci()) FAIL() << "CI=true needs root"; \
+      GTEST_SKIP() << "needs root (set CI=true to make this a failure)";  \
+    }                                                                     \
   } while (0)

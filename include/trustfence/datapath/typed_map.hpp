@@ -52,8 +52,8 @@ class TypedMap {
     if (info->key_size != sizeof(K) || info->value_size != sizeof(V)) {
       return fail(Errc::kIncompatible,
                   "map " + name + " has key/value size " + std::to_string(info->key_size) + "/" +
-                      std::to_string(info->value_size) + ", expected " +
-                      std::to_string(sizeof(K)) + "/" + std::to_string(sizeof(V)));
+                      std::to_string(info->value_size) + ", expected " + std::to_string(sizeof(K)) +
+                      "/" + std::to_string(sizeof(V)));
     }
     return TypedMap(std::move(fd), std::move(name), info->max_entries);
   }
