@@ -19,6 +19,13 @@ SEC("sockops")
 int tf_sockops(struct bpf_sock_ops *skops)
 {
 	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		tf_connecting(skops);
+		break;
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		/* Children inherit it before their handshake's RTT sample. */
+		tf_lower_rto_floor(skops);
+		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		tf_track(skops, TF_DIRECTION_OUTBOUND);
 		break;
@@ -27,7 +34,7 @@ int tf_sockops(struct bpf_sock_ops *skops)
 		break;
 	case BPF_SOCK_OPS_RTT_CB:
 	case BPF_SOCK_OPS_RTO_CB:
-		tf_restore_rto(skops);
+		tf_verdict_callback(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE)

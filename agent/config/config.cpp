@@ -1,8 +1,10 @@
 #include "trustfence/config/config.hpp"
 
+#include <sys/stat.h>
 #include <boost/program_options.hpp>
 #include <charconv>
-#include <filesystem>
+
+#include <cerrno>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -45,10 +47,12 @@ std::optional<std::uint32_t> parse_uint(const std::string& text) {
 
 // The config file must be a readable regular file, not a directory.
 Result<std::ifstream> open_config(const std::string& file) {
-  std::error_code ec;
-  if (!std::filesystem::exists(file, ec))
-    return fail(Errc::kNotFound, "config: " + file + " does not exist");
-  if (!std::filesystem::is_regular_file(file, ec))
+  struct stat st {};
+  if (::stat(file.c_str(), &st) != 0) {
+    if (errno == ENOENT) return fail(Errc::kNotFound, "config: " + file + " does not exist");
+    return fail_errno("config: cannot read " + file, errno);
+  }
+  if (!S_ISREG(st.st_mode))
     return fail(Errc::kInvalidArgument, "config: " + file + " is not a regular file");
   std::ifstream in(file);
   if (!in) return fail_errno("config: cannot read " + file, errno);

@@ -176,6 +176,7 @@ Result<Datapath> Datapath::open(const DatapathOptions& options) {
     skel->rodata->tf_config.mode = static_cast<__u8>(options.mode);
     skel->rodata->tf_config.untracked_verdict = static_cast<__u8>(options.untracked_verdict);
     skel->rodata->tf_config.pending_rto_min_us = options.pending_rto_min_us;
+    skel->rodata->tf_config.default_rto_min_us = default_rto_min_us();
     if (int err = bpf_map__set_max_entries(skel->maps.tf_conns, max_conns); err != 0)
       return fail_errno("sizing tf_conns", -err);
     bpf_program__set_autoload(skel->progs.tf_resend_held, with_resend);

@@ -145,6 +145,13 @@ Result<void> check_kernel_features(const std::string& btf_path) {
   return {};
 }
 
+std::uint32_t default_rto_min_us() {
+  std::ifstream in("/proc/sys/net/ipv4/tcp_rto_min_us");
+  std::uint32_t us = 0;
+  if (in >> us && us > 0) return us;
+  return 200'000;
+}
+
 namespace {
 
 bool on_bpffs(const fs::path& path) {

@@ -12,6 +12,7 @@ const volatile struct tf_datapath_config tf_config = {
 	.mode = TF_MODE_ENFORCE,
 	.untracked_verdict = TF_VERDICT_ALLOW,
 	.pending_rto_min_us = 0,
+	.default_rto_min_us = 200000,
 };
 
 /* Pinned by name so verdicts and enforcement outlive the agent process. */

@@ -6,12 +6,8 @@
 #include "exempt.bpf.h"
 #include "maps.bpf.h"
 #include "net.bpf.h"
+#include "rto.bpf.h"
 #include "stats.bpf.h"
-
-/* uapi bpf.h, stable since Linux 5.10; older kernels refuse it at run time. */
-#define TF_TCP_BPF_RTO_MIN 1004
-
-extern int CONFIG_HZ __kconfig __weak;
 
 static __always_inline void tf_emit(__u64 cookie, enum tf_event_kind kind,
 				    const struct tf_conn *conn)
@@ -30,25 +26,31 @@ static __always_inline void tf_emit(__u64 cookie, enum tf_event_kind kind,
 	bpf_ringbuf_submit(ev, 0);
 }
 
+/*
+ * Every address field is read, whatever the family, before any branch on
+ * it: otherwise clang merges the IPv4 and IPv6 paths into one load through
+ * a computed context pointer, which the verifier refuses.
+ */
 static __always_inline void tf_fill_tuple(const struct bpf_sock_ops *skops,
 					  struct tf_tuple *t)
 {
+	__u32 local4 = skops->local_ip4, remote4 = skops->remote_ip4;
+	__u32 local6[4] = {skops->local_ip6[0], skops->local_ip6[1],
+			   skops->local_ip6[2], skops->local_ip6[3]};
+	__u32 remote6[4] = {skops->remote_ip6[0], skops->remote_ip6[1],
+			    skops->remote_ip6[2], skops->remote_ip6[3]};
+
+	asm volatile("" ::: "memory");
 	t->family = skops->family;
 	t->local_port = (__u16)skops->local_port;
 	t->remote_port = (__u16)bpf_ntohl(skops->remote_port);
-	if (skops->family == AF_INET) {
-		t->local_addr[0] = skops->local_ip4;
-		t->remote_addr[0] = skops->remote_ip4;
+	if (t->family == AF_INET) {
+		t->local_addr[0] = local4;
+		t->remote_addr[0] = remote4;
 		return;
 	}
-	t->local_addr[0] = skops->local_ip6[0];
-	t->local_addr[1] = skops->local_ip6[1];
-	t->local_addr[2] = skops->local_ip6[2];
-	t->local_addr[3] = skops->local_ip6[3];
-	t->remote_addr[0] = skops->remote_ip6[0];
-	t->remote_addr[1] = skops->remote_ip6[1];
-	t->remote_addr[2] = skops->remote_ip6[2];
-	t->remote_addr[3] = skops->remote_ip6[3];
+	__builtin_memcpy(t->local_addr, local6, sizeof(local6));
+	__builtin_memcpy(t->remote_addr, remote6, sizeof(remote6));
 }
 
 static __always_inline bool tf_tuple_exempt(const struct tf_tuple *t)
@@ -60,53 +62,6 @@ static __always_inline bool tf_tuple_exempt(const struct tf_tuple *t)
 	else
 		__builtin_memcpy(remote, t->remote_addr, sizeof(remote));
 	return tf_is_exempt(remote, t->remote_port, t->local_port);
-}
-
-static __always_inline struct tcp_sock *
-tf_tcp_sock(const struct bpf_sock_ops *skops)
-{
-	struct bpf_sock *sk = skops->sk;
-
-	if (!sk)
-		return NULL;
-	return bpf_skc_to_tcp_sock(sk);
-}
-
-static __always_inline __u32 tf_jiffies_to_us(__u32 j)
-{
-	int hz = CONFIG_HZ;
-
-	return hz > 0 ? j * (1000000u / (__u32)hz) : 0;
-}
-
-/*
- * Payload held back is resent on the retransmission timer, whose floor is
- * 200 ms by default: lower it while the connection is pending so the first
- * resend after the verdict comes quickly. The floor is restored once decided.
- */
-static __always_inline void tf_lower_rto(struct bpf_sock_ops *skops,
-					 struct tf_conn *conn)
-{
-	int rto_us = (int)tf_config.pending_rto_min_us;
-
-	if (rto_us <= 0)
-		return;
-	struct tcp_sock *tp = tf_tcp_sock(skops);
-
-	if (!tp)
-		return;
-	__u32 saved = tf_jiffies_to_us(tp->inet_conn.icsk_rto_min);
-
-	if (!saved || (__u32)rto_us >= saved)
-		return;
-	if (bpf_setsockopt(skops, SOL_TCP, TF_TCP_BPF_RTO_MIN, &rto_us,
-			   sizeof(rto_us))) {
-		tf_count(TF_COUNTER_RTO_UNSUPPORTED);
-		return;
-	}
-	conn->saved_rto_min_us = saved;
-	conn->flags |= TF_CONN_F_RTO_LOWERED;
-	tf_count(TF_COUNTER_RTO_LOWERED);
 }
 
 /*
@@ -154,8 +109,9 @@ static __always_inline void tf_track(struct bpf_sock_ops *skops,
 		conn.reason = TF_REASON_EXEMPT;
 		conn.decided_ns = conn.created_ns;
 		tf_count(TF_COUNTER_CONN_EXEMPT);
-	} else {
-		tf_lower_rto(skops, &conn);
+		tf_restore_rto_floor(skops); /* lowered by its listener */
+	} else if (tf_lower_rto_floor(skops)) {
+		conn.flags |= TF_CONN_F_RTO_LOWERED;
 	}
 	if (bpf_map_update_elem(&tf_conns, &cookie, &conn, BPF_NOEXIST)) {
 		tf_mark_overflow(skops);
@@ -171,8 +127,21 @@ static __always_inline void tf_track(struct bpf_sock_ops *skops,
 	tf_emit(cookie, TF_EVENT_NEW, &conn);
 }
 
+/*
+ * Before the handshake measures the first RTT: a floor lowered only at
+ * establishment would not shorten the timeout computed from that sample.
+ */
+static __always_inline void tf_connecting(struct bpf_sock_ops *skops)
+{
+	struct tf_tuple tuple = {};
+
+	tf_fill_tuple(skops, &tuple);
+	if (!tf_tuple_exempt(&tuple))
+		tf_lower_rto_floor(skops);
+}
+
 /* Once decided, put the RTO floor back and stop the per-ACK callbacks. */
-static __always_inline void tf_restore_rto(struct bpf_sock_ops *skops)
+static __always_inline void tf_verdict_callback(struct bpf_sock_ops *skops)
 {
 	__u64 cookie = bpf_get_socket_cookie(skops);
 	struct tf_conn *conn = bpf_map_lookup_elem(&tf_conns, &cookie);
@@ -184,12 +153,7 @@ static __always_inline void tf_restore_rto(struct bpf_sock_ops *skops)
 	if (conn->verdict == TF_VERDICT_PENDING)
 		return;
 	if (conn->flags & TF_CONN_F_RTO_LOWERED) {
-		int saved = (int)conn->saved_rto_min_us;
-
-		if (saved > 0 &&
-		    !bpf_setsockopt(skops, SOL_TCP, TF_TCP_BPF_RTO_MIN, &saved,
-				    sizeof(saved)))
-			tf_count(TF_COUNTER_RTO_RESTORED);
+		tf_restore_rto_floor(skops);
 		conn->flags &= ~TF_CONN_F_RTO_LOWERED;
 	}
 	tf_set_callbacks(skops, false);

@@ -130,12 +130,10 @@ struct tf_conn {
   __u32 peer_id;           /* interned SPIFFE ID, 0 = none */
   __u32 peer_trust_domain; /* interned trust domain, 0 = none */
   __u32 generation;        /* config generation that decided it, 0 = none */
-  __u32 saved_rto_min_us;  /* RTO floor to restore once decided */
   __u8 verdict;            /* enum tf_verdict */
   __u8 reason;             /* enum tf_reason */
   __u8 direction;          /* enum tf_direction */
   __u8 flags;              /* TF_CONN_F_* */
-  __u8 _pad[4];
 };
 
 enum tf_event_kind {
@@ -177,6 +175,7 @@ struct tf_datapath_config {
   __u8 untracked_verdict; /* TF_VERDICT_ALLOW or TF_VERDICT_DENY */
   __u8 _pad[2];
   __u32 pending_rto_min_us; /* 0 = leave the RTO floor alone */
+  __u32 default_rto_min_us; /* the netns's floor, restored once decided */
 };
 
 /* tf_meta: one entry describing who made the pinned maps. */
@@ -192,10 +191,10 @@ struct tf_meta {
 #ifdef __cplusplus
 #include <type_traits>
 static_assert(sizeof(struct tf_tuple) == 40, "tf_tuple layout");
-static_assert(sizeof(struct tf_conn) == 88, "tf_conn layout");
-static_assert(sizeof(struct tf_event) == 112, "tf_event layout");
+static_assert(sizeof(struct tf_conn) == 80, "tf_conn layout");
+static_assert(sizeof(struct tf_event) == 104, "tf_event layout");
 static_assert(sizeof(struct tf_exempt_key) == 24, "tf_exempt_key layout");
-static_assert(sizeof(struct tf_datapath_config) == 8, "config layout");
+static_assert(sizeof(struct tf_datapath_config) == 12, "config layout");
 static_assert(sizeof(struct tf_meta) == 24, "tf_meta layout");
 static_assert(std::is_trivially_copyable_v<struct tf_conn>);
 static_assert(std::is_trivially_copyable_v<struct tf_event>);

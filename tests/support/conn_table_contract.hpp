@@ -48,7 +48,6 @@ inline tf_conn kernel_conn(std::uint32_t seed) {
   conn.peer_id = 0;
   conn.peer_trust_domain = 0;
   conn.generation = 0;
-  conn.saved_rto_min_us = 200'000;
   conn.verdict = TF_VERDICT_PENDING;
   conn.reason = TF_REASON_NONE;
   conn.direction = seed % 2 ? TF_DIRECTION_INBOUND : TF_DIRECTION_OUTBOUND;
@@ -74,7 +73,6 @@ inline void expect_same_conn(const tf_conn& actual, const tf_conn& expected) {
   EXPECT_EQ(actual.peer_id, expected.peer_id);
   EXPECT_EQ(actual.peer_trust_domain, expected.peer_trust_domain);
   EXPECT_EQ(actual.generation, expected.generation);
-  EXPECT_EQ(actual.saved_rto_min_us, expected.saved_rto_min_us);
   EXPECT_EQ(actual.verdict, expected.verdict);
   EXPECT_EQ(actual.reason, expected.reason);
   EXPECT_EQ(actual.direction, expected.direction);

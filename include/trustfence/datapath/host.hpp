@@ -29,6 +29,10 @@ Result<std::uint64_t> effective_capabilities();
 // Kernel BTF and the program and map types the datapath loads.
 Result<void> check_kernel_features(const std::string& btf_path = "/sys/kernel/btf/vmlinux");
 
+// The netns's TCP retransmission floor in microseconds: the
+// net.ipv4.tcp_rto_min_us sysctl where the kernel has it, else 200 ms.
+std::uint32_t default_rto_min_us();
+
 // Makes sure pin_dir lies on a bpffs, mounting one at /sys/fs/bpf if none is
 // mounted there, and creates pin_dir.
 Result<void> prepare_pin_dir(const std::string& pin_dir);
