@@ -6,7 +6,9 @@
  * connection is pending so the first resend after the verdict comes
  * quickly, and puts the netns default back once decided. A floor that is
  * not the netns default was set on purpose (route metric, TCP_RTO_MIN_US)
- * and is left alone.
+ * and is left alone. Linear timeouts (TCP_THIN_LINEAR_TIMEOUTS) keep the
+ * first six resends of a thin stream at that floor instead of doubling it,
+ * so a verdict that takes tens of milliseconds is not paid twice.
  */
 #ifndef TF_RTO_BPF_H
 #define TF_RTO_BPF_H
@@ -16,7 +18,8 @@
 #include "stats.bpf.h"
 
 /* uapi bpf.h, since Linux 5.10; older kernels refuse it at run time. */
-#define TF_TCP_BPF_RTO_MIN 1004
+#define TF_TCP_BPF_RTO_MIN	    1004
+#define TF_TCP_THIN_LINEAR_TIMEOUTS 16
 
 extern int CONFIG_HZ __kconfig __weak;
 
@@ -99,6 +102,28 @@ static __always_inline void tf_restore_rto_floor(struct bpf_sock_ops *skops)
 		return;
 	if (!tf_set_rto_floor(skops, tf_config.default_rto_min_us))
 		tf_count(TF_COUNTER_RTO_RESTORED);
+}
+
+/* Returns whether linear timeouts were turned on (and so are ours to undo). */
+static __always_inline bool tf_set_linear_timeouts(struct bpf_sock_ops *skops)
+{
+	int on = 0;
+
+	if (bpf_getsockopt(skops, SOL_TCP, TF_TCP_THIN_LINEAR_TIMEOUTS, &on,
+			   sizeof(on)) ||
+	    on)
+		return false;
+	on = 1;
+	return !bpf_setsockopt(skops, SOL_TCP, TF_TCP_THIN_LINEAR_TIMEOUTS, &on,
+			       sizeof(on));
+}
+
+static __always_inline void tf_clear_linear_timeouts(struct bpf_sock_ops *skops)
+{
+	int off = 0;
+
+	bpf_setsockopt(skops, SOL_TCP, TF_TCP_THIN_LINEAR_TIMEOUTS, &off,
+		       sizeof(off));
 }
 
 #endif /* TF_RTO_BPF_H */

@@ -110,8 +110,12 @@ static __always_inline void tf_track(struct bpf_sock_ops *skops,
 		conn.decided_ns = conn.created_ns;
 		tf_count(TF_COUNTER_CONN_EXEMPT);
 		tf_restore_rto_floor(skops); /* lowered by its listener */
-	} else if (tf_lower_rto_floor(skops)) {
-		conn.flags |= TF_CONN_F_RTO_LOWERED;
+	} else {
+		if (tf_lower_rto_floor(skops))
+			conn.flags |= TF_CONN_F_RTO_LOWERED;
+		if (conn.flags & TF_CONN_F_RTO_LOWERED &&
+		    tf_set_linear_timeouts(skops))
+			conn.flags |= TF_CONN_F_LINEAR_RTO;
 	}
 	if (bpf_map_update_elem(&tf_conns, &cookie, &conn, BPF_NOEXIST)) {
 		tf_mark_overflow(skops);
@@ -152,10 +156,11 @@ static __always_inline void tf_verdict_callback(struct bpf_sock_ops *skops)
 	}
 	if (conn->verdict == TF_VERDICT_PENDING)
 		return;
-	if (conn->flags & TF_CONN_F_RTO_LOWERED) {
+	if (conn->flags & TF_CONN_F_RTO_LOWERED)
 		tf_restore_rto_floor(skops);
-		conn->flags &= ~TF_CONN_F_RTO_LOWERED;
-	}
+	if (conn->flags & TF_CONN_F_LINEAR_RTO)
+		tf_clear_linear_timeouts(skops);
+	conn->flags &= ~(TF_CONN_F_RTO_LOWERED | TF_CONN_F_LINEAR_RTO);
 	tf_set_callbacks(skops, false);
 }
 

@@ -102,7 +102,8 @@ enum tf_counter {
 };
 
 /* tf_conn.flags */
-#define TF_CONN_F_RTO_LOWERED (1u << 0)
+#define TF_CONN_F_RTO_LOWERED (1u << 0) /* RTO floor lowered while pending */
+#define TF_CONN_F_LINEAR_RTO (1u << 1)  /* linear timeouts on while pending */
 
 /*
  * A connection's endpoints. Addresses in network byte order; an IPv4
