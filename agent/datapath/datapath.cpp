@@ -320,7 +320,18 @@ Result<void> Datapath::uninstall(const std::string& pin_dir) {
   if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0)
     return fail(Errc::kPermissionDenied,
                 "pin-dir: " + pin_dir + " is in use by a running agent; stop it first");
-  // Links first: removing their pins detaches the programs.
+  // Links first: removing their pins detaches the programs. The kernel
+  // frees an unpinned link from a workqueue, so wait until it is gone:
+  // the caller is told "detached" only when it is true.
+  std::vector<__u32> link_ids;
+  for (const char* name : kLinkPins) {
+    auto path = fs::path(pin_dir) / name;
+    UniqueFd link(bpf_obj_get(path.c_str()));
+    if (!link) continue;
+    bpf_link_info info{};
+    __u32 len = sizeof(info);
+    if (bpf_obj_get_info_by_fd(link.get(), &info, &len) == 0) link_ids.push_back(info.id);
+  }
   std::vector<std::string> names(kLinkPins.begin(), kLinkPins.end());
   names.insert(names.end(), kMapPins.begin(), kMapPins.end());
   for (const auto& name : names) {
@@ -330,6 +341,20 @@ Result<void> Datapath::uninstall(const std::string& pin_dir) {
   }
   if (::rmdir(pin_dir.c_str()) != 0 && errno != ENOENT)
     return fail_errno("removing " + pin_dir + " (holds pins trustfence did not make?)", errno);
+  for (__u32 id : link_ids) {
+    constexpr int kAttempts = 500;  // 10 ms apart: 5 s
+    int attempt = 0;
+    for (; attempt < kAttempts; ++attempt) {
+      UniqueFd still(bpf_link_get_fd_by_id(id));
+      if (!still) break;
+      ::usleep(10'000);
+    }
+    if (attempt == kAttempts)
+      return fail(Errc::kIo, "link " + std::to_string(id) +
+                                 " is still attached 5 s after its pin was removed: another "
+                                 "process holds it open (see `bpftool link show id " +
+                                 std::to_string(id) + "`)");
+  }
   return {};
 }
 
