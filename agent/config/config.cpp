@@ -81,6 +81,24 @@ LineIndex index_lines(const std::string& path) {
   return index;
 }
 
+// "file:line: " for a Boost error that quotes a key or a whole line.
+std::string locate(const std::string& file, const std::string& what) {
+  if (file.empty()) return "";
+  std::ifstream in(file);
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    auto eq = line.find('=');
+    auto key = line.substr(0, eq);
+    key.erase(0, key.find_first_not_of(" \t"));
+    key.erase(key.find_last_not_of(" \t") + 1);
+    bool quoted_line = !line.empty() && what.find("'" + line + "'") != std::string::npos;
+    bool quoted_key =
+        eq != std::string::npos && !key.empty() && what.find("'" + key + "'") != std::string::npos;
+    if (quoted_line || quoted_key) return file + ":" + std::to_string(n) + ": ";
+  }
+  return file + ": ";
+}
+
 class Validator {
  public:
   Validator(std::string file, LineIndex lines) : file_(std::move(file)), lines_(std::move(lines)) {}
@@ -127,14 +145,7 @@ Result<Config> load(const std::vector<std::string>& args) {
     }
     po::notify(vm);
   } catch (const po::error& e) {
-    std::string where = config.file.empty() ? "" : config.file + ": ";
-    if (!config.file.empty()) {
-      auto lines = index_lines(config.file);
-      for (const auto& [key, values] : lines)
-        if (std::string(e.what()).find("'" + key + "'") != std::string::npos && !values.empty())
-          where = config.file + ":" + std::to_string(values.begin()->second) + ": ";
-    }
-    return fail(Errc::kInvalidArgument, where + e.what());
+    return fail(Errc::kInvalidArgument, locate(config.file, e.what()) + e.what());
   }
 
   Validator check(config.file, config.file.empty() ? LineIndex{} : index_lines(config.file));
