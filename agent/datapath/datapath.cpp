@@ -240,7 +240,12 @@ Result<std::size_t> Datapath::apply_verdicts(
     ++applied;
     if (update.verdict == TF_VERDICT_ALLOW) allowed.push_back(cookie);
   }
-  if (auto ok = resend_held(allowed); !ok) return std::unexpected(ok.error());
+  // After the verdicts, never before: see tf_allowed_meanwhile().
+  std::vector<Cookie> held;
+  int held_fd = bpf_map__fd(skel_->maps.tf_held);
+  for (Cookie cookie : allowed)
+    if (bpf_map_delete_elem(held_fd, &cookie) == 0) held.push_back(cookie);
+  if (auto ok = resend_held(held); !ok) return std::unexpected(ok.error());
   return applied;
 }
 

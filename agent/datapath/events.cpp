@@ -40,9 +40,12 @@ Result<EventReader> EventReader::open(int ringbuf_fd, Callback callback) {
 }
 
 Result<int> EventReader::poll(int timeout_ms) {
-  int n = ring_buffer__poll(rb_.get(), timeout_ms);
-  if (n < 0 && n != -EINTR) return fail_errno("polling tf_events", -n);
-  return n < 0 ? 0 : n;
+  int woken = ring_buffer__poll(rb_.get(), timeout_ms);
+  if (woken < 0 && woken != -EINTR) return fail_errno("polling tf_events", -woken);
+  // Records published without a wake-up are read here too.
+  int rest = ring_buffer__consume(rb_.get());
+  if (rest < 0) return fail_errno("reading tf_events", -rest);
+  return (woken < 0 ? 0 : woken) + rest;
 }
 
 int EventReader::epoll_fd() const { return ring_buffer__epoll_fd(rb_.get()); }

@@ -71,7 +71,7 @@ Result<void> run_agent(const config::Config& config) {
   std::uint64_t malformed_seen = 0;
   for (;;) {
     epoll_event ready[4];
-    int n = epoll_wait(epoll.get(), ready, 4, 1000);
+    int n = epoll_wait(epoll.get(), ready, 4, datapath::kEventPollMs);
     if (n < 0 && errno != EINTR) return fail_errno("epoll_wait", errno);
     for (int i = 0; i < n; ++i) {
       if (ready[i].data.fd == signals->get()) {

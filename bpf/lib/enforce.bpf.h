@@ -50,15 +50,35 @@ static __always_inline bool tf_is_control(const struct tf_segment *seg,
 	return parsed == 0 && seg->is_tcp && seg->payload_len == 0;
 }
 
+/*
+ * Holding payload at egress leaves it to TCP's probe timer (200 ms), so the
+ * socket is listed in tf_held for the agent to push once allowed. The agent
+ * writes the verdict, then reads tf_held; we list the socket, then read the
+ * verdict again: whichever comes second sees the other, so a payload is
+ * either pushed by the agent or passes here, never left to the timer.
+ */
+static __always_inline bool tf_allowed_meanwhile(__u64 cookie)
+{
+	__u8 one = 1;
+	struct tf_conn *now;
+
+	bpf_map_update_elem(&tf_held, &cookie, &one, BPF_ANY);
+	now = bpf_map_lookup_elem(&tf_conns, &cookie);
+	return now && now->verdict == TF_VERDICT_ALLOW;
+}
+
 /* Awaiting a verdict: control segments pass, payload is held back (TCP
  * resends it once the verdict allows it, so nothing is lost). */
 static __always_inline int tf_hold(struct __sk_buff *skb,
-				   enum tf_packet_dir dir)
+				   enum tf_packet_dir dir, __u64 cookie)
 {
 	struct tf_segment seg;
 	int parsed = tf_parse_segment(skb, &seg);
 
 	if (tf_is_control(&seg, parsed))
+		return tf_pass(dir, TF_REASON_PENDING);
+	if (dir == TF_PACKET_EGRESS && tf_config.mode == TF_MODE_ENFORCE &&
+	    tf_allowed_meanwhile(cookie))
 		return tf_pass(dir, TF_REASON_PENDING);
 	return tf_drop(dir, TF_REASON_PENDING);
 }
@@ -156,7 +176,7 @@ static __always_inline int tf_enforce(struct __sk_buff *skb,
 		return tf_pass(dir, reason);
 	if (verdict == TF_VERDICT_DENY)
 		return tf_deny(skb, dir, reason);
-	return tf_hold(skb, dir);
+	return tf_hold(skb, dir, cookie);
 }
 
 #endif /* TF_ENFORCE_BPF_H */

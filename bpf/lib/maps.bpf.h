@@ -60,6 +60,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tf_overflow SEC(".maps");
 
+/*
+ * Pending sockets whose payload was held back at egress: only they need a
+ * push once allowed (bpf/lib/resend.bpf.h). LRU: an entry whose socket
+ * closed before its verdict ages out.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TF_MAX_RESEND_BATCH);
+	__type(key, __u64); /* socket cookie */
+	__type(value, __u8);
+} tf_held SEC(".maps");
+
 /* Written once by the agent that created the pins; read by its successors. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

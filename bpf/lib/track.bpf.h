@@ -9,6 +9,22 @@
 #include "rto.bpf.h"
 #include "stats.bpf.h"
 
+/*
+ * A wake-up costs the kernel far more than the record: wake the agent only
+ * for what it must act on now, a connection awaiting its verdict. Closes
+ * and exempt connections wait for the agent's next read (it reads on a
+ * short timer), unless the ring is half full.
+ */
+static __always_inline __u64 tf_wakeup_flags(bool urgent)
+{
+	if (urgent)
+		return 0;
+	if (bpf_ringbuf_query(&tf_events, BPF_RB_AVAIL_DATA) >
+	    TF_EVENTS_BYTES / 2)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void tf_emit(__u64 cookie, enum tf_event_kind kind,
 				    const struct tf_conn *conn)
 {
@@ -23,7 +39,9 @@ static __always_inline void tf_emit(__u64 cookie, enum tf_event_kind kind,
 	ev->kind = kind;
 	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
 	__builtin_memcpy(&ev->conn, conn, sizeof(*conn));
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(
+		ev, tf_wakeup_flags(kind == TF_EVENT_NEW &&
+				    conn->verdict == TF_VERDICT_PENDING));
 }
 
 /*

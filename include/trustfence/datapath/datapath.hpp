@@ -63,8 +63,9 @@ class Datapath {
   ConnTable& conns() { return *conns_; }
 
   // Writes verdicts, then pushes out at once the payload that allowed
-  // sockets had held back, instead of leaving it to TCP's timers. Returns
-  // how many connections were still there to take their verdict.
+  // sockets had held back at egress (listed in tf_held), instead of
+  // leaving it to TCP's probe timer. Returns how many connections were
+  // still there to take their verdict.
   Result<std::size_t> apply_verdicts(std::span<const std::pair<Cookie, VerdictUpdate>> verdicts);
   // Pushes the pending frames of these sockets (see bpf/lib/resend.bpf.h).
   Result<void> resend_held(std::span<const Cookie> cookies);

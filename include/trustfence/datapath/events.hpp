@@ -14,6 +14,9 @@
 
 namespace trustfence::datapath {
 
+// How often a reader should poll for records that came without a wake-up.
+inline constexpr int kEventPollMs = 100;
+
 struct Event {
   tf_event_kind kind;
   std::uint64_t cookie;
@@ -30,7 +33,10 @@ class EventReader {
 
   static Result<EventReader> open(int ringbuf_fd, Callback callback);
 
-  // Consumes what is ready, waiting at most timeout_ms; returns the count.
+  // Waits at most timeout_ms for a wake-up, then consumes every record
+  // ready; returns the count. Only connections awaiting a verdict wake the
+  // reader: closes and exempt connections are read by the next poll, so
+  // poll on a short timeout (see kEventPollMs).
   Result<int> poll(int timeout_ms);
   // An epoll-able descriptor, readable when records are ready.
   int epoll_fd() const;

@@ -35,7 +35,9 @@ Result<bool> EventLog::wait_until(const std::function<bool(const EventLog&)>& do
     if (done(*this)) return true;
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) return false;
-    auto n = reader_.poll(static_cast<int>(left.count()));
+    // Closes come without a wake-up: poll in short slices.
+    auto slice = std::min<long>(left.count(), datapath::kEventPollMs);
+    auto n = reader_.poll(static_cast<int>(slice));
     if (!n) return std::unexpected(n.error());
   }
 }
