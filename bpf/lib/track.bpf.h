@@ -13,12 +13,14 @@
  * A wake-up costs the kernel far more than the record: wake the agent only
  * for what it must act on now, a connection awaiting its verdict. Closes
  * and exempt connections wait for the agent's next read (it reads on a
- * short timer), unless the ring is half full.
+ * short timer), unless the ring is half full. The wake-up is forced: the
+ * adaptive one is skipped whenever unread records precede this one, which
+ * the records published without a wake-up make the common case.
  */
 static __always_inline __u64 tf_wakeup_flags(bool urgent)
 {
 	if (urgent)
-		return 0;
+		return BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_query(&tf_events, BPF_RB_AVAIL_DATA) >
 	    TF_EVENTS_BYTES / 2)
 		return BPF_RB_FORCE_WAKEUP;
