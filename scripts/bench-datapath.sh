@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The datapath benchmarks of issue 2, in one command (as root): builds them
-# into build-bench and prints every figure, each next to a baseline measured
-# in the same run. Figures, not timed tests: nothing here fails on a number.
+# into ${BUILD_DIR:-build} (the build the other scripts use) and prints
+# every figure, each next to a baseline measured in the same run. Figures, not timed tests: nothing here fails on a number.
 #
 #   scripts/bench-datapath.sh           full runs (a few minutes)
 #   scripts/bench-datapath.sh --smoke   seconds-long runs, to check it works
@@ -24,7 +24,7 @@ for arg in "$@"; do
 done
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="$root/build-bench"
+build="${BUILD_DIR:-$root/build}"
 conn_tools=(tf_bench_conn_memory tf_bench_crr_rate tf_bench_verdict_delay)
 
 if [[ $EUID -ne 0 ]]; then
@@ -63,15 +63,7 @@ if [[ ! -f "$build/CMakeCache.txt" ]]; then
   command -v ninja >/dev/null && generator=(-G Ninja)
   cmake -S "$root" -B "$build" "${generator[@]}" >/dev/null
 fi
-cmake --build "$build" --target "${conn_tools[@]}"
-have_packet_cost=0
-if cmake --build "$build" --target help 2>/dev/null | grep -qw tf_bench_packet_cost; then
-  if cmake --build "$build" --target tf_bench_packet_cost; then
-    have_packet_cost=1
-  else
-    echo "bench-datapath: tf_bench_packet_cost did not build; skipping the per-packet figures" >&2
-  fi
-fi
+cmake --build "$build" --target tf_bench_packet_cost "${conn_tools[@]}"
 
 echo
 echo "== trustfence datapath benchmarks${smoke:+ (smoke: short runs, rough figures)} =="
@@ -92,23 +84,10 @@ run() {
 }
 
 packet_cost="$build/bench/tf_bench_packet_cost"
-if [[ $have_packet_cost -eq 1 && -x "$packet_cost" ]]; then
-  packet_args=()
-  if [[ ${#smoke[@]} -gt 0 ]]; then
-    # Short runs, in whatever terms the tool takes them.
-    help="$("$packet_cost" --help 2>&1 || true)"
-    if grep -q -- --smoke <<<"$help"; then
-      packet_args=(--smoke)
-    elif grep -q -- --repeat <<<"$help"; then
-      packet_args=(--repeat 1000000 --rounds 3)
-    fi
-  fi
-  echo "== per-packet cost of tf_egress/tf_ingress (tf_bench_packet_cost) =="
-  run tf_bench_packet_cost "$packet_cost" "${packet_args[@]}"
-else
-  echo "(no $packet_cost: per-packet figures skipped)"
-  echo
-fi
+packet_args=()
+[[ ${#smoke[@]} -gt 0 ]] && packet_args=(--repeat 1000000 --rounds 3)
+echo "== per-packet cost of tf_egress/tf_ingress (tf_bench_packet_cost) =="
+run tf_bench_packet_cost "$packet_cost" "${packet_args[@]}"
 for tool in "${conn_tools[@]}"; do
   run "$tool" "$build/bench/conn/$tool" "${smoke[@]}"
 done
