@@ -9,6 +9,7 @@ packages=(
   libssl-dev libboost-program-options-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2 curl socat python3 clang-format kmod
+  clang-16 libclang-rt-16-dev
 )
 
 missing=()

@@ -38,7 +38,10 @@ void usage(std::ostream& out) {
          "  conns [--json] [--config FILE | --pin-dir DIR]\n"
          "                                          per-connection verdicts\n"
          "  conn COOKIE [--json] [--config FILE | --pin-dir DIR]\n"
-         "  stats [--json] [--config FILE | --pin-dir DIR]\n\n"
+         "  stats [--json] [--config FILE | --pin-dir DIR]\n"
+         "  id check SPIFFE_ID                      validate an ID: its trust domain and path\n"
+         "  cert check --config FILE --chain PEM [--json]\n"
+         "                                          the verdict the agent would give that peer\n\n"
          "`trustfence agent --help` lists every configuration key.\n";
 }
 
@@ -56,6 +59,8 @@ int main(int argc, char** argv) {
   if (command == "conns") return trustfence::cli::conns_command(args);
   if (command == "conn") return trustfence::cli::conn_command(args);
   if (command == "stats") return trustfence::cli::stats_command(args);
+  if (command == "cert") return trustfence::cli::cert_command(args);
+  if (command == "id") return trustfence::cli::id_command(args);
   if (command == "-h" || command == "--help" || command == "help") {
     usage(std::cout);
     return 0;

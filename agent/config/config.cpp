@@ -16,24 +16,37 @@ namespace trustfence::config {
 namespace {
 
 po::options_description key_descriptions() {
+  using Strings = std::vector<std::string>;
   po::options_description keys("Configuration keys (in the file as `key = value`, or as --key)");
-  keys.add_options()("cgroup", po::value<std::string>(),
-                     "cgroup v2 to enforce: absolute, or relative to the cgroup v2 mount")(
-      "pin-dir", po::value<std::string>()->default_value(datapath::kDefaultPinDir),
-      "bpffs directory where maps and links are pinned")(
-      "mode", po::value<std::string>()->default_value("enforce"), "enforce | audit")(
-      "untracked-fallback", po::value<std::string>()->default_value("allow"),
-      "verdict for connections established before the datapath: allow | deny")(
-      "exempt", po::value<std::vector<std::string>>()->composing(),
-      "CIDR[:port] never held, e.g. 10.96.0.10/32:53 (repeatable)")(
-      "pending-rto-min-us",
+  auto key = keys.add_options();
+  key("cgroup", po::value<std::string>(),
+      "cgroup v2 to enforce: absolute, or relative to the cgroup v2 mount");
+  key("pin-dir", po::value<std::string>()->default_value(datapath::kDefaultPinDir),
+      "bpffs directory where maps and links are pinned");
+  key("mode", po::value<std::string>()->default_value("enforce"), "enforce | audit");
+  key("untracked-fallback", po::value<std::string>()->default_value("allow"),
+      "verdict for connections established before the datapath: allow | deny");
+  key("exempt", po::value<Strings>()->composing(),
+      "CIDR[:port] never held, e.g. 10.96.0.10/32:53 (repeatable)");
+  key("pending-rto-min-us",
       po::value<std::string>()->default_value(std::to_string(datapath::kDefaultPendingRtoMinUs)),
-      "retransmission floor of pending sockets in microseconds (0 leaves it alone)")(
-      "max-connections",
+      "retransmission floor of pending sockets in microseconds (0 leaves it alone)");
+  key("max-connections",
       po::value<std::string>()->default_value(std::to_string(TF_DEFAULT_MAX_CONNS)),
-      "capacity of the connection table")("log-level",
-                                          po::value<std::string>()->default_value("info"),
-                                          "trace | debug | info | warn | error");
+      "capacity of the connection table");
+  key("trust-domain", po::value<std::string>(), "this node's trust domain, e.g. team-a.gke.local");
+  key("trust-domain-alias", po::value<Strings>()->composing(),
+      "a trust domain accepted as a whole, equivalent to the local one for rules (repeatable)");
+  key("trust-bundle", po::value<Strings>()->composing(),
+      "TRUST_DOMAIN:PATH of a PEM or SPIFFE bundle (.json) file (repeatable)");
+  key("svid-cert", po::value<std::string>(), "this agent's X.509-SVID chain, leaf first (PEM)");
+  key("svid-key", po::value<std::string>(), "the SVID's private key (PEM)");
+  key("allow-id", po::value<Strings>()->composing(),
+      "SPIFFE ID, or prefix ending in /*, accepted from a domain otherwise not (repeatable)");
+  key("deny-id", po::value<Strings>()->composing(),
+      "SPIFFE ID, or prefix ending in /*, always denied (repeatable)");
+  key("log-level", po::value<std::string>()->default_value("info"),
+      "trace | debug | info | warn | error");
   return keys;
 }
 
@@ -107,6 +120,14 @@ class Validator {
                              const std::string& why) const {
     return fail(Errc::kInvalidArgument, where(key, value) + key + " = " + value + ": " + why);
   }
+  // The first line of a key in the file, else its flag.
+  std::string where_key(const std::string& key) const {
+    auto k = lines_.find(key);
+    if (k == lines_.end() || k->second.empty()) return "--" + key + ": ";
+    int line = k->second.begin()->second;
+    for (const auto& entry : k->second) line = std::min(line, entry.second);
+    return file_ + ":" + std::to_string(line) + ": ";
+  }
   std::string where(const std::string& key, const std::string& value) const {
     // The file's line when the value came from the file, else the flag.
     auto k = lines_.find(key);
@@ -121,7 +142,104 @@ class Validator {
   LineIndex lines_;
 };
 
+std::vector<std::string> strings(const po::variables_map& vm, const char* key) {
+  return vm.count(key) ? vm[key].as<std::vector<std::string>>() : std::vector<std::string>{};
+}
+
+Result<void> check_readable(const Validator& check, const char* key, const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return check.bad(key, path, describe_errno("cannot read the file", errno));
+  return {};
+}
+
+Result<std::optional<IdentityConfig>> load_identity(const po::variables_map& vm,
+                                                    const Validator& check) {
+  if (!vm.count("trust-domain")) {
+    for (const char* key :
+         {"trust-domain-alias", "trust-bundle", "svid-cert", "svid-key", "allow-id", "deny-id"})
+      if (vm.count(key))
+        return fail(Errc::kInvalidArgument,
+                    check.where_key(key) + std::string(key) + " needs trust-domain to be set");
+    return std::optional<IdentityConfig>{};
+  }
+  auto local_text = vm["trust-domain"].as<std::string>();
+  auto local = identity::TrustDomain::parse(local_text);
+  if (!local) return check.bad("trust-domain", local_text, local.error().message);
+  IdentityConfig id{.rules = {.trust_domain = *local}};
+  for (const auto& text : strings(vm, "trust-domain-alias")) {
+    auto alias = identity::TrustDomain::parse(text);
+    if (!alias) return check.bad("trust-domain-alias", text, alias.error().message);
+    if (*alias == *local)
+      return check.bad("trust-domain-alias", text, "is the local trust domain itself");
+    id.rules.aliases.push_back(*alias);
+  }
+  for (const char* key : {"allow-id", "deny-id"}) {
+    for (const auto& text : strings(vm, key)) {
+      auto pattern = policy::IdPattern::parse(text);
+      if (!pattern) return check.bad(key, text, pattern.error().message);
+      (std::string_view(key) == "allow-id" ? id.rules.allow : id.rules.deny).push_back(*pattern);
+    }
+  }
+  for (const auto& text : strings(vm, "trust-bundle")) {
+    auto colon = text.find(':');
+    if (colon == std::string::npos || colon + 1 == text.size())
+      return check.bad("trust-bundle", text, "expected TRUST_DOMAIN:PATH");
+    auto td = identity::TrustDomain::parse(std::string_view(text).substr(0, colon));
+    if (!td) return check.bad("trust-bundle", text, td.error().message);
+    for (const auto& known : id.bundles)
+      if (known.trust_domain == *td)
+        return check.bad("trust-bundle", text, "a second bundle for " + td->name());
+    std::string path = text.substr(colon + 1);
+    if (auto bundle = tls::load_bundle(*td, path); !bundle)
+      return check.bad("trust-bundle", text, bundle.error().message);
+    id.bundles.push_back({*td, path});
+  }
+  policy::Policy policy(id.rules);
+  for (const auto& td : policy.accepted_domains()) {
+    bool has_bundle = std::any_of(id.bundles.begin(), id.bundles.end(),
+                                  [&](const BundleSource& b) { return b.trust_domain == td; });
+    if (has_bundle) continue;
+    // Point at the key that made the domain accepted.
+    std::string key = td == *local ? "trust-domain" : "trust-domain-alias";
+    std::string value = td.name();
+    if (td != *local &&
+        std::find(id.rules.aliases.begin(), id.rules.aliases.end(), td) == id.rules.aliases.end()) {
+      key = "allow-id";
+      for (const auto& p : id.rules.allow)
+        if (p.trust_domain() == td) value = p.text();
+    }
+    return check.bad(
+        key, value,
+        "no trust-bundle for " + td.name() + " (add trust-bundle = " + td.name() + ":PATH)");
+  }
+  if (vm.count("svid-cert") != vm.count("svid-key"))
+    return fail(Errc::kInvalidArgument,
+                check.where_key(vm.count("svid-cert") ? "svid-cert" : "svid-key") +
+                    "svid-cert and svid-key go together");
+  if (vm.count("svid-cert")) {
+    id.svid_cert = vm["svid-cert"].as<std::string>();
+    id.svid_key = vm["svid-key"].as<std::string>();
+    if (auto ok = check_readable(check, "svid-cert", id.svid_cert); !ok)
+      return std::unexpected(ok.error());
+    if (auto ok = check_readable(check, "svid-key", id.svid_key); !ok)
+      return std::unexpected(ok.error());
+  }
+  return std::optional<IdentityConfig>(std::move(id));
+}
+
 }  // namespace
+
+Result<tls::BundleSet> load_bundles(const IdentityConfig& identity) {
+  tls::BundleSet set;
+  for (const auto& source : identity.bundles) {
+    auto bundle = tls::load_bundle(source.trust_domain, source.path);
+    if (!bundle)
+      return fail(bundle.error().code, "trust-bundle = " + source.trust_domain.name() + ":" +
+                                           source.path + ": " + bundle.error().message);
+    if (auto ok = set.add(std::move(*bundle)); !ok) return std::unexpected(ok.error());
+  }
+  return set;
+}
 
 std::string describe_keys() {
   std::ostringstream out;
@@ -193,6 +311,10 @@ Result<Config> load(const std::vector<std::string>& args) {
   if (!max_conns_value || *max_conns_value < 16 || *max_conns_value > (1u << 24))
     return check.bad("max-connections", max_conns, "must be between 16 and 16777216");
   dp.max_connections = *max_conns_value;
+
+  auto identity = load_identity(vm, check);
+  if (!identity) return std::unexpected(identity.error());
+  config.identity = std::move(*identity);
 
   config.log_level = vm["log-level"].as<std::string>();
   static const std::array<std::string_view, 5> levels = {"trace", "debug", "info", "warn", "error"};

@@ -48,13 +48,19 @@ class BundleSet {
   // The store holding only td's authorities, or nullptr.
   X509_STORE* store(const identity::TrustDomain& td) const;
   std::size_t size() const { return entries_.size(); }
+  // Changes on every add(), and no two sets share one, so anything derived
+  // from a set (cached verifications) can tell it is stale.
+  std::uint64_t generation() const { return generation_; }
 
  private:
+  static std::uint64_t next_generation();
+
   struct Entry {
     Bundle bundle;
     X509StorePtr store;
   };
   std::map<identity::TrustDomain, Entry> entries_;
+  std::uint64_t generation_ = next_generation();
 };
 
 }  // namespace trustfence::tls

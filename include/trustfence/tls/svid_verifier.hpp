@@ -43,6 +43,9 @@ class SvidVerifier {
   SvidVerifier(const BundleSet& bundles, Clock clock);
   VerifyResult verify(const Chain& chain) const;
 
+  const BundleSet& bundles() const { return bundles_; }
+  std::chrono::system_clock::time_point now() const { return clock_(); }
+
  private:
   const BundleSet& bundles_;
   Clock clock_;
