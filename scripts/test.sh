@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine, builds, and runs every test tier:
 # unit, bpf, kernel (as root; CI=true makes a missing privilege a failure),
-# the formatting check, and a smoke run of the benchmarks so they cannot rot.
+# the unit tier again under ASan+UBSan, every libFuzzer target for a bounded
+# time (FUZZ_SECONDS, default 15), the formatting check, and a smoke run of
+# the benchmarks so they cannot rot.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -21,10 +23,18 @@ for tier in unit bpf kernel; do
   (cd "$build" && ctest -L "^${tier}\$" --output-on-failure --timeout 600) || status=1
 done
 
+echo "=== unit tier under ASan+UBSan"
+bash scripts/sanitize.sh || status=1
+
+echo "=== fuzzing, ${FUZZ_SECONDS:-15}s per target"
+FUZZ_SECONDS=${FUZZ_SECONDS:-15} bash scripts/fuzz.sh || status=1
+
 echo "=== clang-format"
 bash scripts/format.sh --check || status=1
 
 echo "=== benchmark smoke"
 bash scripts/bench-datapath.sh --smoke || status=1
+cmake --build "$build" --target tf_bench_verify_rate >/dev/null
+"$build/bench/tls/tf_bench_verify_rate" --smoke || status=1
 
 exit $status

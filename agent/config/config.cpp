@@ -58,8 +58,44 @@ std::optional<std::uint32_t> parse_uint(const std::string& text) {
   return value;
 }
 
-// The config file must be a readable regular file, not a directory.
-Result<std::ifstream> open_config(const std::string& file) {
+inline constexpr std::size_t kMaxConfigBytes = 1 << 20;
+
+bool is_key_name(std::string_view key) {
+  return !key.empty() &&
+         key.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-") == std::string_view::npos;
+}
+
+std::string_view trim(std::string_view text) {
+  auto b = text.find_first_not_of(" \t\r");
+  if (b == std::string_view::npos) return {};
+  auto e = text.find_last_not_of(" \t\r");
+  return text.substr(b, e - b + 1);
+}
+
+// Every line blank, a comment, or `key = value` with a plain key name:
+// Boost.Program_options is handed nothing else (it formats its errors by
+// substituting placeholders into option names, which a name containing
+// one turns into an endless loop).
+Result<void> check_lines(const std::string& file, const std::string& text) {
+  std::istringstream lines(text);
+  std::string line;
+  for (int n = 1; std::getline(lines, line); ++n) {
+    std::string_view body = line;
+    body = trim(body.substr(0, body.find('#')));
+    if (body.empty()) continue;
+    auto where = file + ":" + std::to_string(n) + ": ";
+    auto eq = body.find('=');
+    if (eq == std::string_view::npos)
+      return fail(Errc::kInvalidArgument, where + "expected `key = value`");
+    if (!is_key_name(trim(body.substr(0, eq))))
+      return fail(Errc::kInvalidArgument,
+                  where + "not a configuration key (keys are lowercase words joined by '-')");
+  }
+  return {};
+}
+
+// The config file: a readable regular file, bounded in size, well-formed.
+Result<std::istringstream> open_config(const std::string& file) {
   struct stat st {};
   if (::stat(file.c_str(), &st) != 0) {
     if (errno == ENOENT) return fail(Errc::kNotFound, "config: " + file + " does not exist");
@@ -67,9 +103,28 @@ Result<std::ifstream> open_config(const std::string& file) {
   }
   if (!S_ISREG(st.st_mode))
     return fail(Errc::kInvalidArgument, "config: " + file + " is not a regular file");
-  std::ifstream in(file);
+  std::ifstream in(file, std::ios::binary);
   if (!in) return fail_errno("config: cannot read " + file, errno);
-  return in;
+  std::string text(kMaxConfigBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<std::size_t>(in.gcount()));
+  if (text.size() > kMaxConfigBytes)
+    return fail(Errc::kInvalidArgument, "config: " + file + " is larger than " +
+                                            std::to_string(kMaxConfigBytes) + " bytes");
+  if (auto ok = check_lines(file, text); !ok) return std::unexpected(ok.error());
+  return std::istringstream(text);
+}
+
+// Flags get the same treatment as keys before Boost sees them.
+Result<void> check_flags(const std::vector<std::string>& args) {
+  for (const auto& arg : args) {
+    if (!arg.starts_with("--")) continue;
+    auto name = std::string_view(arg).substr(2);
+    name = name.substr(0, name.find('='));
+    if (!is_key_name(name))
+      return fail(Errc::kInvalidArgument, "unknown option '" + arg.substr(0, 64) + "'");
+  }
+  return {};
 }
 
 // key -> (value -> line) of a config file, to point errors at a line.
@@ -253,6 +308,7 @@ Result<Config> load(const std::vector<std::string>& args) {
   cli.add(key_descriptions());
   po::variables_map vm;
   Config config;
+  if (auto ok = check_flags(args); !ok) return std::unexpected(ok.error());
   try {
     po::store(po::command_line_parser(args).options(cli).run(), vm);
     if (vm.count("config")) {
@@ -328,6 +384,7 @@ Result<std::string> load_pin_dir(const std::vector<std::string>& args) {
   cli.add_options()("config", po::value<std::string>(), "configuration file")(
       "pin-dir", po::value<std::string>()->default_value(datapath::kDefaultPinDir), "");
   po::variables_map vm;
+  if (auto ok = check_flags(args); !ok) return std::unexpected(ok.error());
   try {
     po::store(po::command_line_parser(args).options(cli).allow_unregistered().run(), vm);
     if (vm.count("config")) {

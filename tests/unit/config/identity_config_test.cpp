@@ -155,3 +155,32 @@ INSTANTIATE_TEST_SUITE_P(
 
 }  // namespace
 }  // namespace trustfence::config
+
+namespace trustfence::config {
+namespace {
+
+// Lines Boost.Program_options must never see: it would loop forever
+// formatting an error about a key that contains one of its placeholders
+// (found by fuzz/config_fuzz.cpp).
+TEST_F(IdentityConfigTest, MalformedLinesAreRejectedWithTheirLine) {
+  struct Row {
+    const char* line;
+    const char* why;
+  };
+  for (const Row& row :
+       {Row{"option '%canonical_option%' = 1", "not a configuration key"},
+        Row{"[section]", "expected `key = value`"}, Row{"cgroup demo", "expected `key = value`"},
+        Row{"Mode = audit", "not a configuration key"}}) {
+    auto file = conf(std::string(row.line) + "\n");
+    auto config = load({"--config", file});
+    ASSERT_FALSE(config.has_value()) << row.line;
+    EXPECT_THAT(config.error().message, HasSubstr(file + ":2: ")) << row.line;
+    EXPECT_THAT(config.error().message, HasSubstr(row.why)) << row.line;
+  }
+  auto flag = load({"--%canonical_option%", "x", "--cgroup", "demo"});
+  ASSERT_FALSE(flag.has_value());
+  EXPECT_THAT(flag.error().message, HasSubstr("unknown option"));
+}
+
+}  // namespace
+}  // namespace trustfence::config
