@@ -220,7 +220,10 @@ Result<std::optional<IdentityConfig>> load_identity(const po::variables_map& vm,
   auto local_text = vm["trust-domain"].as<std::string>();
   auto local = identity::TrustDomain::parse(local_text);
   if (!local) return check.bad("trust-domain", local_text, local.error().message);
-  IdentityConfig id{.rules = {.trust_domain = *local}};
+  IdentityConfig id{.rules = {.trust_domain = *local, .aliases = {}, .allow = {}, .deny = {}},
+                    .bundles = {},
+                    .svid_cert = {},
+                    .svid_key = {}};
   for (const auto& text : strings(vm, "trust-domain-alias")) {
     auto alias = identity::TrustDomain::parse(text);
     if (!alias) return check.bad("trust-domain-alias", text, alias.error().message);

@@ -154,7 +154,7 @@ class Connections {
                                   std::uint64_t n) {
     Connections conns;
     {
-      auto inside = CgroupMembership::join(cgroup);
+      auto inside = CgroupMembership::enter(cgroup);
       if (!inside) return std::unexpected(inside.error());
       std::uint64_t left = n;
       for (const Listener& l : listeners) {
@@ -426,7 +426,7 @@ std::string mib(const std::vector<double>& bytes) {
 
 Result<void> run(const Options& opt) {
   const std::uint64_t n = opt.connections;
-  auto cgroup = TestCgroup::create();
+  auto cgroup = TestCgroup::create(kNamePrefix);
   if (!cgroup) return std::unexpected(cgroup.error());
 
   std::vector<Listener> listeners;
@@ -580,9 +580,5 @@ Result<void> run(const Options& opt) {
 
 int main(int argc, char** argv) {
   using namespace trustfence::bench;
-  install_stop_handlers();
-  auto opt = parse_options(argc, argv);
-  if (!opt) return report_failure(opt.error());
-  if (auto ok = run(*opt); !ok) return report_failure(ok.error());
-  return 0;
+  return bench_main(argc, argv, parse_options, run);
 }

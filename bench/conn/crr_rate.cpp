@@ -381,10 +381,10 @@ Result<void> print_program_time(const TestCgroup& cgroup, std::uint16_t port, do
 }
 
 Result<void> run(const Options& opt) {
-  auto cgroup = TestCgroup::create();
+  auto cgroup = TestCgroup::create(kNamePrefix);
   if (!cgroup) return std::unexpected(cgroup.error());
   // Every socket of the run (listener, accepted, clients) is created inside.
-  auto inside = CgroupMembership::join(*cgroup);
+  auto inside = CgroupMembership::enter(*cgroup);
   if (!inside) return std::unexpected(inside.error());
   auto listener = listen_loopback(4096);
   if (!listener) return std::unexpected(listener.error());
@@ -453,9 +453,5 @@ Result<void> run(const Options& opt) {
 
 int main(int argc, char** argv) {
   using namespace trustfence::bench;
-  install_stop_handlers();
-  auto opt = parse_options(argc, argv);
-  if (!opt) return report_failure(opt.error());
-  if (auto ok = run(*opt); !ok) return report_failure(ok.error());
-  return 0;
+  return bench_main(argc, argv, parse_options, run);
 }

@@ -2,28 +2,22 @@
 
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-
-#include "trustfence/datapath/host.hpp"
 
 namespace trustfence::bench {
 namespace fs = std::filesystem;
@@ -32,26 +26,6 @@ namespace {
 volatile std::sig_atomic_t g_stop = 0;
 
 void on_stop_signal(int) { g_stop = 1; }
-
-Result<void> write_pid(const std::string& cgroup_path) {
-  auto procs = cgroup_path + "/cgroup.procs";
-  UniqueFd fd(::open(procs.c_str(), O_WRONLY | O_CLOEXEC));
-  if (!fd) return fail_errno("opening " + procs, errno);
-  auto pid = std::to_string(::getpid());
-  if (::write(fd.get(), pid.data(), pid.size()) != static_cast<ssize_t>(pid.size()))
-    return fail_errno("moving pid " + pid + " into " + cgroup_path, errno);
-  return {};
-}
-
-// The cgroup v2 directory this process is in ("0::/path" of /proc/self/cgroup).
-Result<std::string> current_cgroup(const std::string& mount) {
-  std::ifstream in("/proc/self/cgroup");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("0::", 0) == 0) return (fs::path(mount) / line.substr(4)).string();
-  }
-  return fail(Errc::kUnsupported, "no cgroup v2 entry (0::) in /proc/self/cgroup");
-}
 
 sockaddr_in loopback(std::uint16_t port) {
   sockaddr_in addr{};
@@ -62,11 +36,6 @@ sockaddr_in loopback(std::uint16_t port) {
 }
 
 }  // namespace
-
-std::string unique_name() {
-  static std::atomic<unsigned> counter{0};
-  return std::string(kNamePrefix) + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-}
 
 void install_stop_handlers() {
   struct sigaction sa {};
@@ -92,75 +61,11 @@ Result<void> raise_fd_limit(rlim_t wanted) {
   return {};
 }
 
-// --- TestCgroup ------------------------------------------------------------
-
-Result<TestCgroup> TestCgroup::create() {
-  auto mount = datapath::cgroup2_mount();
-  if (!mount) return std::unexpected(mount.error());
-  auto home = current_cgroup(*mount);
-  if (!home) return std::unexpected(home.error());
-  auto path = (fs::path(*mount) / unique_name()).string();
-  if (::mkdir(path.c_str(), 0755) != 0) return fail_errno("creating cgroup " + path, errno);
-  return TestCgroup(path, *home);
-}
-
-TestCgroup::TestCgroup(TestCgroup&& other) noexcept
-    : path_(std::exchange(other.path_, {})),
-      home_(std::move(other.home_)),
-      inside_(std::exchange(other.inside_, false)) {}
-
-TestCgroup& TestCgroup::operator=(TestCgroup&& other) noexcept {
-  if (this != &other) {
-    release();
-    path_ = std::exchange(other.path_, {});
-    home_ = std::move(other.home_);
-    inside_ = std::exchange(other.inside_, false);
-  }
-  return *this;
-}
-
-TestCgroup::~TestCgroup() { release(); }
-
-void TestCgroup::release() {
-  if (path_.empty()) return;
-  if (inside_) {
-    if (auto ok = leave(); !ok) std::fprintf(stderr, "warning: %s\n", ok.error().message.c_str());
-  }
-  if (::rmdir(path_.c_str()) != 0 && errno != ENOENT)
-    std::fprintf(stderr, "warning: removing cgroup %s: %s\n", path_.c_str(), std::strerror(errno));
-  path_.clear();
-}
-
-Result<void> TestCgroup::enter() {
-  if (auto ok = write_pid(path_); !ok) return ok;
-  inside_ = true;
-  return {};
-}
-
-Result<void> TestCgroup::leave() {
-  if (auto ok = write_pid(home_); !ok) return ok;
-  inside_ = false;
-  return {};
-}
-
-Result<CgroupMembership> CgroupMembership::join(TestCgroup& cgroup) {
-  if (auto ok = cgroup.enter(); !ok) return std::unexpected(ok.error());
-  return CgroupMembership(&cgroup);
-}
-
-CgroupMembership::CgroupMembership(CgroupMembership&& other) noexcept
-    : cgroup_(std::exchange(other.cgroup_, nullptr)) {}
-
-CgroupMembership::~CgroupMembership() {
-  if (!cgroup_) return;
-  if (auto ok = cgroup_->leave(); !ok)
-    std::fprintf(stderr, "warning: %s\n", ok.error().message.c_str());
-}
-
 // --- AttachedDatapath ------------------------------------------------------
 
 Result<AttachedDatapath> AttachedDatapath::attach(datapath::DatapathOptions options) {
-  options.pin_dir = (fs::path("/sys/fs/bpf") / unique_name()).string();
+  options.pin_dir =
+      (fs::path("/sys/fs/bpf") / testing::kernel::unique_test_name(kNamePrefix)).string();
   auto dp = datapath::Datapath::open(options);
   if (!dp) {
     // A partial open may have pinned maps or links already.

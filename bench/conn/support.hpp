@@ -1,9 +1,10 @@
 #pragma once
 
-// What the connection benchmarks share: a test cgroup the process moves in
-// and out of (sockets keep the cgroup they were created in), the datapath
-// attached under a pin directory of its own, loopback sockets, kernel
-// memory counters, and figures (median and spread, percentiles).
+// What the connection benchmarks share: the kernel tier's test cgroup the
+// process moves in and out of (sockets keep the cgroup they were created
+// in), the datapath attached under a pin directory of its own, loopback
+// sockets, kernel memory counters, figures (median and spread,
+// percentiles), and main().
 //
 // Everything a benchmark creates is owned by an RAII value and undone on
 // destruction, so an error or a SIGINT/SIGTERM (which only sets a flag the
@@ -20,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "support/kernel/cgroup.hpp"
 #include "trustfence/common/result.hpp"
 #include "trustfence/common/unique_fd.hpp"
 #include "trustfence/datapath/datapath.hpp"
@@ -27,11 +29,8 @@
 namespace trustfence::bench {
 
 // Prefix of every cgroup and pin directory the benchmarks create, followed
-// by the creating pid.
+// by the creating pid (testing::kernel::unique_test_name(kNamePrefix)).
 inline constexpr std::string_view kNamePrefix = "tf-bench-conn-";
-
-// "tf-bench-conn-<pid>-<n>", unique within this process.
-std::string unique_name();
 
 // SIGINT, SIGTERM and SIGHUP set a flag instead of killing the process, so
 // destructors still run; blocking calls return EINTR and loops look here.
@@ -41,45 +40,10 @@ bool stop_requested();
 // Raises RLIMIT_NOFILE (soft and, as root, hard) to at least `wanted`.
 Result<void> raise_fd_limit(rlim_t wanted);
 
-// A cgroup v2 directory under the mount found in /proc/mounts. enter()
-// moves the whole process in; the destructor moves it back home and
-// removes the directory.
-class TestCgroup {
- public:
-  static Result<TestCgroup> create();
-
-  TestCgroup(TestCgroup&& other) noexcept;
-  TestCgroup& operator=(TestCgroup&& other) noexcept;
-  TestCgroup(const TestCgroup&) = delete;
-  TestCgroup& operator=(const TestCgroup&) = delete;
-  ~TestCgroup();
-
-  Result<void> enter();
-  Result<void> leave();
-  const std::string& path() const { return path_; }
-
- private:
-  TestCgroup(std::string path, std::string home) : path_(std::move(path)), home_(std::move(home)) {}
-  void release();
-
-  std::string path_;
-  std::string home_;  // the cgroup the process came from
-  bool inside_ = false;
-};
-
-// Sockets created while alive belong to the cgroup.
-class CgroupMembership {
- public:
-  static Result<CgroupMembership> join(TestCgroup& cgroup);
-  CgroupMembership(CgroupMembership&& other) noexcept;
-  CgroupMembership& operator=(CgroupMembership&&) = delete;
-  CgroupMembership(const CgroupMembership&) = delete;
-  ~CgroupMembership();
-
- private:
-  explicit CgroupMembership(TestCgroup* cgroup) : cgroup_(cgroup) {}
-  TestCgroup* cgroup_;
-};
+// The kernel tier's test cgroup (tests/support/kernel/cgroup.hpp); the
+// benchmarks create theirs with TestCgroup::create(kNamePrefix).
+using testing::kernel::CgroupMembership;
+using testing::kernel::TestCgroup;
 
 // The datapath attached to a cgroup under a unique pin directory; closed,
 // detached and unpinned on destruction.
@@ -196,5 +160,17 @@ class Args {
 
 // "error: <message>" on stderr and exit code 1.
 int report_failure(const Error& error);
+
+// A benchmark's main: stop handlers installed, then parse(argc, argv)
+// (Result<Options>) and run(options) (Result<void>); the first error is
+// reported as report_failure does.
+template <typename Parse, typename Run>
+int bench_main(int argc, char** argv, Parse parse, Run run) {
+  install_stop_handlers();
+  auto options = parse(argc, argv);
+  if (!options) return report_failure(options.error());
+  if (auto ok = run(*options); !ok) return report_failure(ok.error());
+  return 0;
+}
 
 }  // namespace trustfence::bench

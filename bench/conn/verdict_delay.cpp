@@ -123,7 +123,7 @@ Result<std::vector<UniqueFd>> make_sockets(std::size_t n) {
 Result<Pools> make_pools(TestCgroup& cgroup, std::size_t inside, std::size_t outside) {
   Pools p;
   {
-    auto in = CgroupMembership::join(cgroup);
+    auto in = CgroupMembership::enter(cgroup);
     if (!in) return std::unexpected(in.error());
     auto l = listen_loopback(64);
     if (!l) return std::unexpected(l.error());
@@ -270,7 +270,7 @@ Result<void> print_resend_cost(dp::Datapath& datapath, TestCgroup& cgroup, std::
   UniqueFd client, server;
   Listener listener;
   {
-    auto in = CgroupMembership::join(cgroup);
+    auto in = CgroupMembership::enter(cgroup);
     if (!in) return std::unexpected(in.error());
     auto l = listen_loopback(64);
     if (!l) return std::unexpected(l.error());
@@ -330,7 +330,7 @@ Result<void> print_resend_cost(dp::Datapath& datapath, TestCgroup& cgroup, std::
 Result<void> run(const Options& opt) {
   constexpr std::size_t kSeries = kCaseCount * kMethodCount;
   if (auto ok = raise_fd_limit(2 * kSeries * opt.samples + 1024); !ok) return ok;
-  auto cgroup = TestCgroup::create();
+  auto cgroup = TestCgroup::create(kNamePrefix);
   if (!cgroup) return std::unexpected(cgroup.error());
   dp::DatapathOptions options;
   options.cgroup = cgroup->path();
@@ -404,9 +404,5 @@ Result<void> run(const Options& opt) {
 
 int main(int argc, char** argv) {
   using namespace trustfence::bench;
-  install_stop_handlers();
-  auto opt = parse_options(argc, argv);
-  if (!opt) return report_failure(opt.error());
-  if (auto ok = run(*opt); !ok) return report_failure(ok.error());
-  return 0;
+  return bench_main(argc, argv, parse_options, run);
 }

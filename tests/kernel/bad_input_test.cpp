@@ -12,10 +12,10 @@
 #include <filesystem>
 
 #include "support/kernel/assert_ok.hpp"
-#include "support/kernel/process.hpp"
 #include "support/kernel/socket.hpp"
 #include "support/kernel/test_datapath.hpp"
 #include "support/privileges.hpp"
+#include "support/process.hpp"
 #include "trustfence/datapath/host.hpp"
 #include "trustfence/datapath/typed_map.hpp"
 

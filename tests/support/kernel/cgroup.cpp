@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -48,25 +49,25 @@ Result<void> write_pid(const std::string& cgroup_path) {
 
 }  // namespace
 
-std::string unique_test_name() {
+std::string unique_test_name(std::string_view prefix) {
   static std::atomic<unsigned> counter{0};
-  return std::string(kTestPrefix) + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+  return std::string(prefix) + std::to_string(::getpid()) + "-" + std::to_string(counter++);
 }
 
-bool is_stale_test_name(const std::string& name) {
+bool is_stale_test_name(const std::string& name, std::string_view prefix) {
   std::string_view rest = name;
-  if (!rest.starts_with(kTestPrefix)) return false;
-  rest.remove_prefix(std::strlen(kTestPrefix));
+  if (!rest.starts_with(prefix)) return false;
+  rest.remove_prefix(prefix.size());
   int pid = 0;
   auto [end, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), pid);
   if (ec != std::errc() || end == rest.data() || *end != '-' || pid <= 0) return false;
   return pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH;
 }
 
-Result<TestCgroup> TestCgroup::create() {
+Result<TestCgroup> TestCgroup::create(std::string_view prefix) {
   auto mount = datapath::cgroup2_mount();
   if (!mount) return std::unexpected(mount.error());
-  auto name = unique_test_name();
+  auto name = unique_test_name(prefix);
   auto path = (fs::path(*mount) / name).string();
   if (::mkdir(path.c_str(), 0755) != 0) return fail_errno("mkdir cgroup " + path, errno);
   auto id = kernfs_id(path);
@@ -92,7 +93,9 @@ TestCgroup& TestCgroup::operator=(TestCgroup&& other) noexcept {
   return *this;
 }
 
-TestCgroup::~TestCgroup() { (void)remove(); }
+TestCgroup::~TestCgroup() {
+  if (auto ok = remove(); !ok) std::fprintf(stderr, "warning: %s\n", ok.error().message.c_str());
+}
 
 Result<void> TestCgroup::remove() {
   if (path_.empty()) return {};
@@ -138,7 +141,9 @@ Result<CgroupMembership> CgroupMembership::enter(const TestCgroup& cgroup) {
 CgroupMembership::CgroupMembership(CgroupMembership&& other) noexcept
     : original_(std::exchange(other.original_, {})) {}
 
-CgroupMembership::~CgroupMembership() { (void)leave(); }
+CgroupMembership::~CgroupMembership() {
+  if (auto ok = leave(); !ok) std::fprintf(stderr, "warning: %s\n", ok.error().message.c_str());
+}
 
 Result<void> CgroupMembership::leave() {
   if (original_.empty()) return {};
@@ -147,16 +152,16 @@ Result<void> CgroupMembership::leave() {
   return back;
 }
 
-void sweep_stale_test_leftovers() {
+void sweep_stale_test_leftovers(std::string_view prefix) {
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator("/sys/fs/bpf", ec)) {
-    if (is_stale_test_name(entry.path().filename().string()))
+    if (is_stale_test_name(entry.path().filename().string(), prefix))
       (void)datapath::Datapath::uninstall(entry.path().string());
   }
   auto mount = datapath::cgroup2_mount();
   if (!mount) return;
   for (const auto& entry : fs::directory_iterator(*mount, ec)) {
-    if (is_stale_test_name(entry.path().filename().string())) ::rmdir(entry.path().c_str());
+    if (is_stale_test_name(entry.path().filename().string(), prefix)) ::rmdir(entry.path().c_str());
   }
 }
 

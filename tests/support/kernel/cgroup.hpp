@@ -1,12 +1,14 @@
 #pragma once
 
-// A real cgroup v2 for the kernel tier: a uniquely named directory under
-// the cgroup v2 mount (found in /proc/mounts, never assumed), and a scoped
-// move of this process into it. Sockets keep the cgroup they were created
-// in, so tests create their sockets while a CgroupMembership is alive.
+// A real cgroup v2 for the kernel tier and the connection benchmarks: a
+// uniquely named directory under the cgroup v2 mount (found in
+// /proc/mounts, never assumed), and a scoped move of this process into it.
+// Sockets keep the cgroup they were created in, so callers create their
+// sockets while a CgroupMembership is alive.
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "trustfence/common/result.hpp"
 
@@ -14,24 +16,26 @@ namespace trustfence::testing::kernel {
 
 // Prefix of every cgroup and pin directory the kernel tier creates, followed
 // by the creating pid, so a later run can sweep what a killed run left.
-inline constexpr const char* kTestPrefix = "tf-ktest-";
+// Other users (bench/conn) pass a prefix of their own.
+inline constexpr std::string_view kTestPrefix = "tf-ktest-";
 
-// A unique name "tf-ktest-<pid>-<n>" for a cgroup or a pin directory.
-std::string unique_test_name();
+// A unique name "<prefix><pid>-<n>" for a cgroup or a pin directory.
+std::string unique_test_name(std::string_view prefix = kTestPrefix);
 
-// True for "tf-ktest-<pid>-<n>" whose pid no longer runs.
-bool is_stale_test_name(const std::string& name);
+// True for "<prefix><pid>-<n>" whose pid no longer runs.
+bool is_stale_test_name(const std::string& name, std::string_view prefix = kTestPrefix);
 
 class TestCgroup {
  public:
-  // mkdir of a unique cgroup under the cgroup v2 mount.
-  static Result<TestCgroup> create();
+  // mkdir of a cgroup named unique_test_name(prefix) under the cgroup v2
+  // mount.
+  static Result<TestCgroup> create(std::string_view prefix = kTestPrefix);
 
   TestCgroup(TestCgroup&& other) noexcept;
   TestCgroup& operator=(TestCgroup&& other) noexcept;
   TestCgroup(const TestCgroup&) = delete;
   TestCgroup& operator=(const TestCgroup&) = delete;
-  ~TestCgroup();  // rmdir
+  ~TestCgroup();  // rmdir; a failure is a warning on stderr
 
   const std::string& path() const { return path_; }
   // Relative to the cgroup v2 mount, as a config's `cgroup` key may give it.
@@ -55,7 +59,7 @@ class TestCgroup {
 };
 
 // Moves this whole process into a cgroup for its lifetime, then back to the
-// cgroup it was in.
+// cgroup it was in (a failure to move back is a warning on stderr).
 class CgroupMembership {
  public:
   static Result<CgroupMembership> enter(const TestCgroup& cgroup);
@@ -79,6 +83,6 @@ Result<std::string> current_cgroup();
 
 // Removes test cgroups and pin directories left by test processes that no
 // longer run (a crashed or killed run), so they do not pile up.
-void sweep_stale_test_leftovers();
+void sweep_stale_test_leftovers(std::string_view prefix = kTestPrefix);
 
 }  // namespace trustfence::testing::kernel

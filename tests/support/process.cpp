@@ -1,4 +1,4 @@
-#include "support/kernel/process.hpp"
+#include "support/process.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -14,7 +14,7 @@
 
 extern char** environ;
 
-namespace trustfence::testing::kernel {
+namespace trustfence::testing {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -61,17 +61,23 @@ std::string join_argv(const std::vector<std::string>& argv) {
 }
 
 Result<CommandResult> run_command(const std::vector<std::string>& argv,
-                                  std::chrono::milliseconds timeout) {
+                                  std::chrono::milliseconds timeout, Output output) {
   auto deadline = Clock::now() + timeout;
+  const bool merged = output == Output::kMerged;
   auto out = make_pipe();
   if (!out) return std::unexpected(out.error());
-  auto err = make_pipe();
-  if (!err) return std::unexpected(err.error());
+  Pipe err;
+  if (!merged) {
+    auto made = make_pipe();
+    if (!made) return std::unexpected(made.error());
+    err = std::move(*made);
+  }
 
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, out->write.get(), STDOUT_FILENO);
-  posix_spawn_file_actions_adddup2(&actions, err->write.get(), STDERR_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, merged ? out->write.get() : err.write.get(),
+                                   STDERR_FILENO);
   std::vector<char*> args;
   for (const auto& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
   args.push_back(nullptr);
@@ -80,24 +86,25 @@ Result<CommandResult> run_command(const std::vector<std::string>& argv,
   posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) return fail_errno("spawning " + argv[0], rc);
   out->write.reset();
-  err->write.reset();
+  err.write.reset();
 
   CommandResult result;
-  pollfd fds[2] = {{out->read.get(), POLLIN, 0}, {err->read.get(), POLLIN, 0}};
+  pollfd fds[2] = {{out->read.get(), POLLIN, 0}, {err.read.get(), POLLIN, 0}};
   std::string* sinks[2] = {&result.out, &result.err};
-  int open_pipes = 2;
+  const int nfds = merged ? 1 : 2;
+  int open_pipes = nfds;
   while (open_pipes > 0) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
       reap(pid, true);
       return fail(Errc::kIo, join_argv(argv) + ": still running after the timeout, killed");
     }
-    int n = ::poll(fds, 2, static_cast<int>(left.count()));
+    int n = ::poll(fds, nfds, static_cast<int>(left.count()));
     if (n < 0 && errno != EINTR) {
       reap(pid, true);
       return fail_errno("poll", errno);
     }
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < nfds; ++i) {
       if (fds[i].fd < 0 || fds[i].revents == 0) continue;
       char buf[4096];
       ssize_t r = ::read(fds[i].fd, buf, sizeof(buf));
@@ -117,4 +124,4 @@ Result<CommandResult> run_command(const std::vector<std::string>& argv,
   return result;
 }
 
-}  // namespace trustfence::testing::kernel
+}  // namespace trustfence::testing
