@@ -94,8 +94,9 @@ Result<void> check_lines(const std::string& file, const std::string& text) {
   return {};
 }
 
-// The config file: a readable regular file, bounded in size, well-formed.
-Result<std::istringstream> open_config(const std::string& file) {
+// The config file's text: a readable regular file, bounded in size,
+// well-formed. Read once; parsing and error locations work on the text.
+Result<std::string> read_config(const std::string& file) {
   struct stat st {};
   if (::stat(file.c_str(), &st) != 0) {
     if (errno == ENOENT) return fail(Errc::kNotFound, "config: " + file + " does not exist");
@@ -112,7 +113,7 @@ Result<std::istringstream> open_config(const std::string& file) {
     return fail(Errc::kInvalidArgument, "config: " + file + " is larger than " +
                                             std::to_string(kMaxConfigBytes) + " bytes");
   if (auto ok = check_lines(file, text); !ok) return std::unexpected(ok.error());
-  return std::istringstream(text);
+  return text;
 }
 
 // Flags get the same treatment as keys before Boost sees them.
@@ -130,38 +131,31 @@ Result<void> check_flags(const std::vector<std::string>& args) {
 // key -> (value -> line) of a config file, to point errors at a line.
 using LineIndex = std::map<std::string, std::multimap<std::string, int>>;
 
-LineIndex index_lines(const std::string& path) {
+LineIndex index_lines(const std::string& text) {
   LineIndex index;
-  std::ifstream in(path);
+  std::istringstream lines(text);
   std::string line;
-  for (int n = 1; std::getline(in, line); ++n) {
-    auto hash = line.find('#');
-    if (hash != std::string::npos) line.resize(hash);
-    auto eq = line.find('=');
-    if (eq == std::string::npos) continue;
-    auto trim = [](std::string s) {
-      auto b = s.find_first_not_of(" \t\r");
-      auto e = s.find_last_not_of(" \t\r");
-      return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
-    };
-    index[trim(line.substr(0, eq))].emplace(trim(line.substr(eq + 1)), n);
+  for (int n = 1; std::getline(lines, line); ++n) {
+    std::string_view body = line;
+    body = body.substr(0, body.find('#'));
+    auto eq = body.find('=');
+    if (eq == std::string_view::npos) continue;
+    index[std::string(trim(body.substr(0, eq)))].emplace(std::string(trim(body.substr(eq + 1))), n);
   }
   return index;
 }
 
 // "file:line: " for a Boost error that quotes a key or a whole line.
-std::string locate(const std::string& file, const std::string& what) {
+std::string locate(const std::string& file, const std::string& text, const std::string& what) {
   if (file.empty()) return "";
-  std::ifstream in(file);
+  std::istringstream lines(text);
   std::string line;
-  for (int n = 1; std::getline(in, line); ++n) {
-    auto eq = line.find('=');
-    auto key = line.substr(0, eq);
-    key.erase(0, key.find_first_not_of(" \t"));
-    key.erase(key.find_last_not_of(" \t") + 1);
+  for (int n = 1; std::getline(lines, line); ++n) {
+    std::string_view body = line;
+    auto eq = body.find('=');
+    auto key = eq == std::string_view::npos ? std::string_view() : trim(body.substr(0, eq));
     bool quoted_line = !line.empty() && what.find("'" + line + "'") != std::string::npos;
-    bool quoted_key =
-        eq != std::string::npos && !key.empty() && what.find("'" + key + "'") != std::string::npos;
+    bool quoted_key = !key.empty() && what.find("'" + std::string(key) + "'") != std::string::npos;
     if (quoted_line || quoted_key) return file + ":" + std::to_string(n) + ": ";
   }
   return file + ": ";
@@ -311,21 +305,24 @@ Result<Config> load(const std::vector<std::string>& args) {
   cli.add(key_descriptions());
   po::variables_map vm;
   Config config;
+  std::string text;
   if (auto ok = check_flags(args); !ok) return std::unexpected(ok.error());
   try {
     po::store(po::command_line_parser(args).options(cli).run(), vm);
     if (vm.count("config")) {
       config.file = vm["config"].as<std::string>();
-      auto in = open_config(config.file);
-      if (!in) return std::unexpected(in.error());
-      po::store(po::parse_config_file(*in, key_descriptions(), false), vm);
+      auto read = read_config(config.file);
+      if (!read) return std::unexpected(read.error());
+      text = std::move(*read);
+      std::istringstream in(text);
+      po::store(po::parse_config_file(in, key_descriptions(), false), vm);
     }
     po::notify(vm);
   } catch (const po::error& e) {
-    return fail(Errc::kInvalidArgument, locate(config.file, e.what()) + e.what());
+    return fail(Errc::kInvalidArgument, locate(config.file, text, e.what()) + e.what());
   }
 
-  Validator check(config.file, config.file.empty() ? LineIndex{} : index_lines(config.file));
+  Validator check(config.file, config.file.empty() ? LineIndex{} : index_lines(text));
   auto& dp = config.datapath;
   if (!vm.count("cgroup"))
     return fail(Errc::kInvalidArgument,
@@ -391,9 +388,10 @@ Result<std::string> load_pin_dir(const std::vector<std::string>& args) {
   try {
     po::store(po::command_line_parser(args).options(cli).allow_unregistered().run(), vm);
     if (vm.count("config")) {
-      auto in = open_config(vm["config"].as<std::string>());
-      if (!in) return std::unexpected(in.error());
-      po::store(po::parse_config_file(*in, cli, true), vm);
+      auto text = read_config(vm["config"].as<std::string>());
+      if (!text) return std::unexpected(text.error());
+      std::istringstream in(*text);
+      po::store(po::parse_config_file(in, cli, true), vm);
     }
   } catch (const po::error& e) {
     return fail(Errc::kInvalidArgument, e.what());
