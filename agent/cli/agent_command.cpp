@@ -26,16 +26,16 @@ int agent_command(const std::vector<std::string>& args) {
       rest.push_back(arg);
   }
   if (uninstall) {
-    auto pin_dir = config::load_pin_dir(rest);
-    if (!pin_dir) {
-      std::cerr << "trustfence agent: " << pin_dir.error().message << "\n";
+    auto paths = config::load_client_paths(rest);
+    if (!paths) {
+      std::cerr << "trustfence agent: " << paths.error().message << "\n";
       return 2;
     }
-    if (auto ok = datapath::Datapath::uninstall(*pin_dir); !ok) {
+    if (auto ok = datapath::Datapath::uninstall(paths->pin_dir); !ok) {
       std::cerr << "trustfence agent --uninstall: " << ok.error().message << "\n";
       return 1;
     }
-    std::cout << "detached and unpinned " << *pin_dir << "\n";
+    std::cout << "detached and unpinned " << paths->pin_dir << "\n";
     return 0;
   }
   auto config = config::load(rest);

@@ -76,9 +76,9 @@ void print_table(const json& rows) {
 }
 
 Result<datapath::PinnedMaps> open_maps(const CommonArgs& args) {
-  auto pin_dir = config::load_pin_dir(args.rest);
-  if (!pin_dir) return std::unexpected(pin_dir.error());
-  return datapath::PinnedMaps::open(*pin_dir);
+  auto paths = config::load_client_paths(args.rest);
+  if (!paths) return std::unexpected(paths.error());
+  return datapath::PinnedMaps::open(paths->pin_dir);
 }
 
 int report(const Error& error, const char* command) {

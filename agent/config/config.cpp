@@ -1,6 +1,7 @@
 #include "trustfence/config/config.hpp"
 
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <boost/program_options.hpp>
 #include <charconv>
 
@@ -45,6 +46,21 @@ po::options_description key_descriptions() {
       "SPIFFE ID, or prefix ending in /*, accepted from a domain otherwise not (repeatable)");
   key("deny-id", po::value<Strings>()->composing(),
       "SPIFFE ID, or prefix ending in /*, always denied (repeatable)");
+  key("listen", po::value<std::string>()->default_value(kDefaultListen),
+      "IP:PORT of the attestation channel; [::] also accepts IPv4");
+  key("peer", po::value<Strings>()->composing(),
+      "CIDR:HOST:PORT of the agent answering for CIDR's addresses (repeatable; default: the "
+      "remote address on the listen port)");
+  key("peer-authentication", po::value<std::string>()->default_value("strict"),
+      "a peer with no agent: strict (deny, no-peer-agent) | permissive (allow as plaintext)");
+  key("attestation-timeout", po::value<std::string>()->default_value("2s"),
+      "deny a connection not attested within this time: e.g. 2s, 500ms (100ms..60s)");
+  key("workload-id", po::value<Strings>()->composing(),
+      "CGROUP_PATH:SPIFFE_ID vouched for on behalf of that cgroup's sockets (repeatable; "
+      "default: the agent's own SVID ID)");
+  key("api-socket", po::value<std::string>()->default_value(kDefaultApiSocket),
+      "Unix socket of the query API (mode 0600, or 0660 with api-socket-group)");
+  key("api-socket-group", po::value<std::string>(), "group allowed to query the API besides root");
   key("log-level", po::value<std::string>()->default_value("info"),
       "trace | debug | info | warn | error");
   return keys;
@@ -279,6 +295,81 @@ Result<std::optional<IdentityConfig>> load_identity(const po::variables_map& vm,
   return std::optional<IdentityConfig>(std::move(id));
 }
 
+// "2s", "500ms": whole numbers only.
+std::optional<std::chrono::milliseconds> parse_duration(const std::string& text) {
+  std::string_view digits = text;
+  std::uint32_t scale = 0;
+  if (digits.ends_with("ms")) {
+    digits.remove_suffix(2);
+    scale = 1;
+  } else if (digits.ends_with("s")) {
+    digits.remove_suffix(1);
+    scale = 1000;
+  } else {
+    return std::nullopt;
+  }
+  auto value = parse_uint(std::string(digits));
+  if (!value || *value > 3'600'000) return std::nullopt;
+  return std::chrono::milliseconds(std::uint64_t{*value} * scale);
+}
+
+Result<PeerRoute> parse_peer_route(const std::string& text) {
+  // CIDR:HOST:PORT. The CIDR ends at the first ':' after its '/'.
+  auto slash = text.find('/');
+  auto colon = slash == std::string::npos ? std::string::npos : text.find(':', slash);
+  if (colon == std::string::npos)
+    return fail(Errc::kInvalidArgument, "expected CIDR:HOST:PORT, e.g. 10.8.0.0/24:10.0.0.5:7400");
+  auto cidr = net::Cidr::parse(std::string_view(text).substr(0, colon));
+  if (!cidr) return std::unexpected(cidr.error());
+  auto agent = net::SocketAddress::parse(std::string_view(text).substr(colon + 1));
+  if (!agent) return std::unexpected(agent.error());
+  return PeerRoute{*cidr, *agent, text};
+}
+
+Result<AttestationConfig> load_attestation(const po::variables_map& vm, const Validator& check,
+                                           const std::optional<IdentityConfig>& identity) {
+  AttestationConfig out;
+  auto listen_text = vm["listen"].as<std::string>();
+  auto listen = net::SocketAddress::parse(listen_text);
+  if (!listen) return check.bad("listen", listen_text, listen.error().message);
+  out.listen = *listen;
+  for (const auto& text : strings(vm, "peer")) {
+    auto route = parse_peer_route(text);
+    if (!route) return check.bad("peer", text, route.error().message);
+    out.peers.push_back(*route);
+  }
+  auto mode = vm["peer-authentication"].as<std::string>();
+  if (mode == "strict")
+    out.peer_authentication = PeerAuthentication::kStrict;
+  else if (mode == "permissive")
+    out.peer_authentication = PeerAuthentication::kPermissive;
+  else
+    return check.bad("peer-authentication", mode, "must be strict or permissive");
+  auto timeout_text = vm["attestation-timeout"].as<std::string>();
+  auto timeout = parse_duration(timeout_text);
+  if (!timeout || *timeout < std::chrono::milliseconds(100) ||
+      *timeout > std::chrono::milliseconds(60'000))
+    return check.bad("attestation-timeout", timeout_text,
+                     "must be a duration from 100ms to 60s, e.g. 2s or 500ms");
+  out.timeout = *timeout;
+  for (const auto& text : strings(vm, "workload-id")) {
+    auto split = text.find(":spiffe://");
+    if (split == std::string::npos || split == 0)
+      return check.bad("workload-id", text, "expected CGROUP_PATH:spiffe://...");
+    auto id = identity::SpiffeId::parse(std::string_view(text).substr(split + 1));
+    if (!id) return check.bad("workload-id", text, id.error().message);
+    if (!identity) return check.bad("workload-id", text, "needs trust-domain to be set");
+    if (!id->member_of(identity->rules.trust_domain))
+      return check.bad(
+          "workload-id", text,
+          "an agent vouches only for its own trust domain " + identity->rules.trust_domain.name());
+    if (!id->has_workload_path())
+      return check.bad("workload-id", text, "a workload ID needs a path");
+    out.workloads.push_back({text.substr(0, split), *id});
+  }
+  return out;
+}
+
 }  // namespace
 
 Result<tls::BundleSet> load_bundles(const IdentityConfig& identity) {
@@ -371,6 +462,15 @@ Result<Config> load(const std::vector<std::string>& args) {
   auto identity = load_identity(vm, check);
   if (!identity) return std::unexpected(identity.error());
   config.identity = std::move(*identity);
+  auto attestation = load_attestation(vm, check, config.identity);
+  if (!attestation) return std::unexpected(attestation.error());
+  config.attestation = std::move(*attestation);
+  config.api.socket = vm["api-socket"].as<std::string>();
+  if (config.api.socket.empty() || config.api.socket.front() != '/')
+    return check.bad("api-socket", config.api.socket, "must be an absolute path");
+  if (config.api.socket.size() >= sizeof(sockaddr_un{}.sun_path))
+    return check.bad("api-socket", config.api.socket, "is longer than a Unix socket path may be");
+  if (vm.count("api-socket-group")) config.api.group = vm["api-socket-group"].as<std::string>();
 
   config.log_level = vm["log-level"].as<std::string>();
   static const std::array<std::string_view, 5> levels = {"trace", "debug", "info", "warn", "error"};
@@ -379,10 +479,11 @@ Result<Config> load(const std::vector<std::string>& args) {
   return config;
 }
 
-Result<std::string> load_pin_dir(const std::vector<std::string>& args) {
+Result<ClientPaths> load_client_paths(const std::vector<std::string>& args) {
   po::options_description cli("Options");
   cli.add_options()("config", po::value<std::string>(), "configuration file")(
-      "pin-dir", po::value<std::string>()->default_value(datapath::kDefaultPinDir), "");
+      "pin-dir", po::value<std::string>()->default_value(datapath::kDefaultPinDir), "")(
+      "api-socket", po::value<std::string>()->default_value(kDefaultApiSocket), "");
   po::variables_map vm;
   if (auto ok = check_flags(args); !ok) return std::unexpected(ok.error());
   try {
@@ -396,7 +497,7 @@ Result<std::string> load_pin_dir(const std::vector<std::string>& args) {
   } catch (const po::error& e) {
     return fail(Errc::kInvalidArgument, e.what());
   }
-  return vm["pin-dir"].as<std::string>();
+  return ClientPaths{vm["pin-dir"].as<std::string>(), vm["api-socket"].as<std::string>()};
 }
 
 }  // namespace trustfence::config

@@ -5,10 +5,12 @@
 // here; the rest of the code sees plain values. Errors name the key and,
 // for the file, the line.
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "trustfence/common/net.hpp"
 #include "trustfence/common/result.hpp"
 #include "trustfence/datapath/datapath.hpp"
 #include "trustfence/identity/spiffe_id.hpp"
@@ -32,10 +34,49 @@ struct IdentityConfig {
   std::string svid_key;
 };
 
+inline constexpr std::uint16_t kDefaultListenPort = 7400;
+inline constexpr const char* kDefaultListen = "[::]:7400";  // dual-stack
+inline constexpr std::chrono::milliseconds kDefaultAttestationTimeout{2000};
+inline constexpr const char* kDefaultApiSocket = "/run/trustfence/api.sock";
+
+// What to do about a peer with no agent to attest with.
+enum class PeerAuthentication { kStrict, kPermissive };
+
+// peer = CIDR:HOST:PORT: the agent answering for the addresses of CIDR
+// (pods behind a node); the first matching route wins, else the remote
+// address itself on the listen port.
+struct PeerRoute {
+  net::Cidr cidr;
+  net::SocketAddress agent;
+  std::string text;
+};
+
+// workload-id = CGROUP_PATH:SPIFFE_ID: the identity this agent vouches for
+// on behalf of the sockets of that cgroup and its descendants.
+struct WorkloadIdentity {
+  std::string cgroup;  // absolute, or relative to the cgroup v2 mount
+  identity::SpiffeId id;
+};
+
+struct AttestationConfig {
+  net::SocketAddress listen = *net::SocketAddress::parse(kDefaultListen);
+  std::vector<PeerRoute> peers;
+  PeerAuthentication peer_authentication = PeerAuthentication::kStrict;
+  std::chrono::milliseconds timeout = kDefaultAttestationTimeout;
+  std::vector<WorkloadIdentity> workloads;
+};
+
+struct ApiConfig {
+  std::string socket = kDefaultApiSocket;
+  std::string group;  // empty: root only
+};
+
 struct Config {
   std::string file;  // where it came from, empty for flags only
   datapath::DatapathOptions datapath;
   std::optional<IdentityConfig> identity;
+  AttestationConfig attestation;
+  ApiConfig api;
   std::string log_level = "info";
 };
 
@@ -48,6 +89,14 @@ Result<tls::BundleSet> load_bundles(const IdentityConfig& identity);
 // Only the pin directory: --pin-dir, else the pin-dir key of --config FILE,
 // else the default. For commands that read the pinned maps.
 Result<std::string> load_pin_dir(const std::vector<std::string>& args);
+
+// Where the CLI finds a running agent and its maps, from --api-socket,
+// --pin-dir or the keys of --config FILE, else the defaults.
+struct ClientPaths {
+  std::string pin_dir;
+  std::string api_socket;
+};
+Result<ClientPaths> load_client_paths(const std::vector<std::string>& args);
 
 // Help text of every key, for `trustfence agent --help`.
 std::string describe_keys();

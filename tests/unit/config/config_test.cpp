@@ -297,10 +297,11 @@ TEST_F(ConfigTest, AConfigFileWithoutReadPermissionIsNamed) {
                                        "3: could not drop privileges";
 }
 
-TEST_F(ConfigTest, PinDirAloneDefaultsWithoutFlagOrFile) {
-  auto pin_dir = trustfence::config::load_pin_dir({});
-  ASSERT_TRUE(pin_dir.has_value()) << pin_dir.error().message;
-  EXPECT_EQ(*pin_dir, "/sys/fs/bpf/trustfence");
+TEST_F(ConfigTest, ClientPathsDefaultWithoutFlagOrFile) {
+  auto paths = trustfence::config::load_client_paths({});
+  ASSERT_TRUE(paths.has_value()) << paths.error().message;
+  EXPECT_EQ(paths->pin_dir, "/sys/fs/bpf/trustfence");
+  EXPECT_EQ(paths->api_socket, "/run/trustfence/api.sock");
 }
 
 TEST_F(ConfigTest, PinDirAloneIsReadFromTheFileIgnoringOtherKeysAndFlags) {
@@ -308,31 +309,35 @@ TEST_F(ConfigTest, PinDirAloneIsReadFromTheFileIgnoringOtherKeysAndFlags) {
       "cgroup = demo\n"
       "pin-dir = /sys/fs/bpf/from-file\n"
       "mode = audit\n"
-      "exempt = 10.0.0.0/8\n");
-  auto pin_dir = trustfence::config::load_pin_dir({"--json", "--config", file});
-  ASSERT_TRUE(pin_dir.has_value()) << pin_dir.error().message;
-  EXPECT_EQ(*pin_dir, "/sys/fs/bpf/from-file");
+      "exempt = 10.0.0.0/8\n"
+      "api-socket = /run/tf-test.sock\n");
+  auto paths = trustfence::config::load_client_paths({"--json", "--config", file});
+  ASSERT_TRUE(paths.has_value()) << paths.error().message;
+  EXPECT_EQ(paths->pin_dir, "/sys/fs/bpf/from-file");
+  EXPECT_EQ(paths->api_socket, "/run/tf-test.sock");
 }
 
 TEST_F(ConfigTest, PinDirAloneTakesTheFlagOverTheFile) {
   auto file = write("pin-dir = /sys/fs/bpf/from-file\n");
-  auto pin_dir =
-      trustfence::config::load_pin_dir({"--config", file, "--pin-dir", "/sys/fs/bpf/from-flag"});
+  auto pin_dir = trustfence::config::load_client_paths(
+      {"--config", file, "--pin-dir", "/sys/fs/bpf/from-flag"});
   ASSERT_TRUE(pin_dir.has_value()) << pin_dir.error().message;
-  EXPECT_EQ(*pin_dir, "/sys/fs/bpf/from-flag");
+  EXPECT_EQ(pin_dir->pin_dir, "/sys/fs/bpf/from-flag");
 }
 
 TEST_F(ConfigTest, PinDirAloneNamesAMissingConfigFile) {
   std::string missing = (dir_.path() / "absent.conf").string();
-  auto pin_dir = trustfence::config::load_pin_dir({"--config", missing});
-  ASSERT_FALSE(pin_dir.has_value()) << *pin_dir;
+  auto pin_dir = trustfence::config::load_client_paths({"--config", missing});
+  ASSERT_FALSE(pin_dir.has_value()) << pin_dir->pin_dir;
   EXPECT_THAT(pin_dir.error().message, HasSubstr(missing));
 }
 
 TEST(ConfigKeys, DescribeEveryKey) {
   std::string help = trustfence::config::describe_keys();
-  for (const char* key : {"cgroup", "pin-dir", "mode", "untracked-fallback", "exempt",
-                          "pending-rto-min-us", "max-connections", "log-level"})
+  for (const char* key :
+       {"cgroup", "pin-dir", "mode", "untracked-fallback", "exempt", "pending-rto-min-us",
+        "max-connections", "listen", "peer", "peer-authentication", "attestation-timeout",
+        "workload-id", "api-socket", "api-socket-group", "log-level"})
     EXPECT_THAT(help, HasSubstr(std::string("--") + key)) << key;
 }
 
