@@ -1,6 +1,6 @@
-// conns, conn, stats: read the pinned maps directly, so they answer whether
-// or not the agent runs. Peer identities are shown as the agent's interned
-// ids here; names need the agent.
+// conns, conn, stats: ask the running agent over its api-socket. When no
+// agent runs, read the pinned maps directly: verdicts survive the agent, but
+// peer identities (names only the agent holds) are then null.
 
 #include <nlohmann/json.hpp>
 
@@ -8,12 +8,17 @@
 #include <charconv>
 #include <cstdio>
 #include <iostream>
+#include <optional>
+#include <string_view>
 
 #include "cli_commands.hpp"
+#include "trustfence/api/client.hpp"
+#include "trustfence/api/conn_json.hpp"
 #include "trustfence/common/verdict.hpp"
 #include "trustfence/config/config.hpp"
 #include "trustfence/datapath/datapath.hpp"
 #include "trustfence/datapath/format.hpp"
+#include "trustfence/identity/spiffe_id.hpp"
 
 namespace trustfence::cli {
 namespace {
@@ -21,164 +26,309 @@ namespace {
 using datapath::Cookie;
 using json = nlohmann::json;
 
+enum class Command { kConns, kConn, kStats };
+
+const char* name_of(Command command) {
+  switch (command) {
+    case Command::kConns:
+      return "conns";
+    case Command::kConn:
+      return "conn";
+    case Command::kStats:
+      return "stats";
+  }
+  return "?";
+}
+
 struct CommonArgs {
   bool json = false;
+  bool closed = false;                          // conns only
+  std::optional<std::string> verdict;           // conns only
+  std::optional<identity::TrustDomain> domain;  // conns only: --peer-trust-domain
   std::vector<std::string> positional;
-  std::vector<std::string> rest;  // --pin-dir/--config and their values
+  std::vector<std::string> paths;  // --config/--pin-dir/--api-socket and their values
 };
 
-Result<CommonArgs> split_args(const std::vector<std::string>& args) {
+Result<CommonArgs> split_args(const std::vector<std::string>& args, Command command) {
   CommonArgs out;
   for (std::size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--json") {
-      out.json = true;
-    } else if (args[i] == "--pin-dir" || args[i] == "--config") {
-      out.rest.push_back(args[i]);
-      if (i + 1 < args.size()) out.rest.push_back(args[++i]);
-    } else if (args[i].starts_with("--")) {
-      return fail(Errc::kInvalidArgument, "unknown option " + args[i]);
-    } else {
+    std::string option = args[i];
+    std::optional<std::string> value;
+    if (auto eq = option.find('='); option.starts_with("--") && eq != std::string::npos) {
+      value = option.substr(eq + 1);
+      option.resize(eq);
+    }
+    auto take_value = [&]() -> Result<std::string> {
+      if (value) return *value;
+      if (i + 1 >= args.size()) return fail(Errc::kInvalidArgument, option + " needs a value");
+      return args[++i];
+    };
+    bool conns = command == Command::kConns;
+    if (!option.starts_with("--")) {
       out.positional.push_back(args[i]);
+    } else if (option == "--json" && !value) {
+      out.json = true;
+    } else if (conns && option == "--closed" && !value) {
+      out.closed = true;
+    } else if (option == "--pin-dir" || option == "--config" || option == "--api-socket") {
+      auto v = take_value();
+      if (!v) return std::unexpected(v.error());
+      out.paths.insert(out.paths.end(), {option, *v});
+    } else if (conns && option == "--verdict") {
+      auto v = take_value();
+      if (!v) return std::unexpected(v.error());
+      if (*v != "allow" && *v != "deny" && *v != "pending")
+        return fail(Errc::kInvalidArgument, "--verdict must be allow, deny or pending");
+      out.verdict = *v;
+    } else if (conns && option == "--peer-trust-domain") {
+      auto v = take_value();
+      if (!v) return std::unexpected(v.error());
+      auto td = identity::TrustDomain::parse(*v);
+      if (!td) return fail(Errc::kInvalidArgument, "--peer-trust-domain: " + td.error().message);
+      out.domain = std::move(*td);
+    } else {
+      return fail(Errc::kInvalidArgument, "unknown option " + args[i]);
     }
   }
   return out;
 }
 
-json conn_json(Cookie cookie, const tf_conn& c, std::uint64_t now_ns) {
-  auto verdict = verdict_from_byte(c.verdict);
-  auto reason = reason_from_byte(c.reason);
-  return json{
-      {"cookie", cookie},
-      {"direction", std::string(to_string(static_cast<tf_direction>(c.direction)))},
-      {"local", datapath::local_endpoint(c.tuple)},
-      {"remote", datapath::remote_endpoint(c.tuple)},
-      {"peer_id", c.peer_id ? json(c.peer_id) : json(nullptr)},
-      {"peer_trust_domain", c.peer_trust_domain ? json(c.peer_trust_domain) : json(nullptr)},
-      {"verdict", verdict ? std::string(to_string(*verdict)) : "invalid"},
-      {"reason", reason ? std::string(to_string(*reason)) : "invalid"},
-      {"age_ms", now_ns > c.created_ns ? (now_ns - c.created_ns) / 1'000'000 : 0},
-      {"cgroup_id", c.cgroup_id},
-      {"generation", c.generation},
-  };
+int report(const Error& error, Command command) {
+  std::cerr << "trustfence " << name_of(command) << ": " << error.message << "\n";
+  return error.code == Errc::kInvalidArgument ? 2 : 1;
 }
 
-void print_table(const json& rows) {
-  std::printf("%-20s %-9s %-24s %-24s %-8s %-20s %8s\n", "COOKIE", "DIRECTION", "LOCAL", "REMOTE",
-              "VERDICT", "REASON", "AGE_MS");
+// The agent's answer, or nullopt (after a note on stderr) when no agent
+// runs and the pinned maps must do.
+Result<std::optional<json>> ask_agent(const config::ClientPaths& paths, const json& request,
+                                      Command command) {
+  auto reply = api::call(paths.api_socket, request, api::kDefaultCallTimeout);
+  if (reply) return std::optional<json>(std::move(*reply));
+  if (reply.error().code != Errc::kNotFound) return std::unexpected(reply.error());
+  std::cerr << "trustfence " << name_of(command) << ": no agent answers on " << paths.api_socket
+            << "; reading the pinned maps in " << paths.pin_dir
+            << " (peer identities need the agent)\n";
+  return std::optional<json>();
+}
+
+std::string text_of(const json& row, const char* key) {
+  auto it = row.find(key);
+  if (it == row.end() || it->is_null()) return "-";
+  return it->is_string() ? it->get<std::string>() : it->dump();
+}
+
+std::uint64_t age_of(const json& row) {
+  auto it = row.find("age_ms");
+  return it != row.end() && it->is_number_unsigned() ? it->get<std::uint64_t>() : 0;
+}
+
+void print_table(const json& rows, bool with_state) {
+  std::printf("%-20s %-9s %-24s %-24s ", "COOKIE", "DIRECTION", "LOCAL", "REMOTE");
+  if (with_state) std::printf("%-6s ", "STATE");
+  std::printf("%-8s %-20s %8s %s\n", "VERDICT", "REASON", "AGE_MS", "PEER_ID");
   for (const auto& r : rows) {
-    std::printf("%-20llu %-9s %-24s %-24s %-8s %-20s %8llu\n",
-                static_cast<unsigned long long>(r["cookie"].get<Cookie>()),
-                r["direction"].get<std::string>().c_str(), r["local"].get<std::string>().c_str(),
-                r["remote"].get<std::string>().c_str(), r["verdict"].get<std::string>().c_str(),
-                r["reason"].get<std::string>().c_str(),
-                static_cast<unsigned long long>(r["age_ms"].get<std::uint64_t>()));
+    std::printf("%-20s %-9s %-24s %-24s ", text_of(r, "cookie").c_str(),
+                text_of(r, "direction").c_str(), text_of(r, "local").c_str(),
+                text_of(r, "remote").c_str());
+    if (with_state) std::printf("%-6s ", text_of(r, "state").c_str());
+    std::printf("%-8s %-20s %8s %s\n", text_of(r, "verdict").c_str(), text_of(r, "reason").c_str(),
+                text_of(r, "age_ms").c_str(), text_of(r, "peer_id").c_str());
   }
 }
 
-Result<datapath::PinnedMaps> open_maps(const CommonArgs& args) {
-  auto paths = config::load_client_paths(args.rest);
-  if (!paths) return std::unexpected(paths.error());
-  return datapath::PinnedMaps::open(paths->pin_dir);
+bool matches(const json& row, const CommonArgs& args) {
+  if (args.verdict && text_of(row, "verdict") != *args.verdict) return false;
+  if (args.domain) {
+    // Parsed values, never strings: an odd spelling must not match.
+    auto it = row.find("peer_trust_domain");
+    if (it == row.end() || !it->is_string()) return false;
+    auto td = identity::TrustDomain::parse(it->get<std::string>());
+    if (!td || *td != *args.domain) return false;
+  }
+  return true;
 }
 
-int report(const Error& error, const char* command) {
-  std::cerr << "trustfence " << command << ": " << error.message << "\n";
-  return error.code == Errc::kInvalidArgument ? 2 : 1;
+Result<datapath::PinnedMaps> open_maps(const config::ClientPaths& paths) {
+  return datapath::PinnedMaps::open(paths.pin_dir);
+}
+
+Result<json> rows_from_maps(const config::ClientPaths& paths) {
+  auto maps = open_maps(paths);
+  if (!maps) return std::unexpected(maps.error());
+  auto entries = maps->conns->snapshot();
+  if (!entries) return std::unexpected(entries.error());
+  std::sort(entries->begin(), entries->end(),
+            [](const auto& a, const auto& b) { return a.second.created_ns < b.second.created_ns; });
+  auto now = datapath::monotonic_ns();
+  json rows = json::array();
+  for (const auto& [cookie, conn] : *entries) rows.push_back(api::conn_json(cookie, conn, now, {}));
+  return rows;
+}
+
+Result<json> row_from_maps(const config::ClientPaths& paths, Cookie cookie) {
+  auto maps = open_maps(paths);
+  if (!maps) return std::unexpected(maps.error());
+  auto conn = maps->conns->lookup(cookie);
+  if (!conn) return std::unexpected(conn.error());
+  if (!*conn) return fail(Errc::kNotFound, "no tracked connection " + std::to_string(cookie));
+  return api::conn_json(cookie, **conn, datapath::monotonic_ns(), {});
+}
+
+Result<json> stats_from_maps(const config::ClientPaths& paths) {
+  auto maps = open_maps(paths);
+  if (!maps) return std::unexpected(maps.error());
+  auto per_cpu = maps->stats->lookup(0);
+  if (!per_cpu) return std::unexpected(per_cpu.error());
+  auto entries = maps->conns->snapshot();
+  if (!entries) return std::unexpected(entries.error());
+  return api::datapath_stats_json(datapath::sum_stats(*per_cpu), *entries,
+                                  maps->conns->capacity());
+}
+
+Error malformed(const config::ClientPaths& paths, const char* what) {
+  return {Errc::kIo, "the agent on " + paths.api_socket + " sent no " + what};
+}
+
+Result<json> conns_rows(const CommonArgs& args, const config::ClientPaths& paths) {
+  auto reply = ask_agent(paths, {{"command", "conns"}, {"include_closed", args.closed}},
+                         Command::kConns);
+  if (!reply) return std::unexpected(reply.error());
+  if (!*reply) {
+    if (args.closed)
+      return fail(Errc::kNotFound, "--closed: closed connections need the running agent, and none "
+                                   "answers on " + paths.api_socket);
+    return rows_from_maps(paths);
+  }
+  auto rows = (*reply)->find("connections");
+  if (rows == (*reply)->end() || !rows->is_array() ||
+      !std::all_of(rows->begin(), rows->end(), [](const json& r) { return r.is_object(); }))
+    return std::unexpected(malformed(paths, "\"connections\" list of objects"));
+  return std::move(*rows);
+}
+
+// `section.key value` for every leaf of a section the CLI has no layout for.
+void print_flat(const std::string& prefix, const json& value) {
+  if (value.is_object()) {
+    for (const auto& [key, child] : value.items()) print_flat(prefix + "." + key, child);
+    return;
+  }
+  std::string text = value.is_string() ? value.get<std::string>() : value.dump();
+  std::printf("%s %s\n", prefix.c_str(), text.c_str());
+}
+
+unsigned long long count_of(const json& value) {
+  return value.is_number_unsigned() ? value.get<unsigned long long>() : 0;
+}
+
+void print_stats(const json& out) {
+  static constexpr std::string_view kDatapath[] = {"connections", "packets", "counters"};
+  if (auto conns = out.find("connections"); conns != out.end() && conns->is_object()) {
+    std::printf("connections: %llu tracked of %llu\n", count_of(conns->value("tracked", json())),
+                count_of(conns->value("capacity", json())));
+    if (auto v = conns->find("by_verdict"); v != conns->end() && v->is_object())
+      for (const auto& [verdict, n] : v->items())
+        std::printf("  %-10s %llu\n", verdict.c_str(), count_of(n));
+  }
+  if (auto packets = out.find("packets"); packets != out.end() && packets->is_object()) {
+    std::printf("packets:\n");
+    for (const auto& [dir, actions] : packets->items())
+      for (const auto& [action, reasons] : actions.items())
+        for (const auto& [reason, n] : reasons.items())
+          std::printf("  %-8s %-6s %-22s %llu\n", dir.c_str(), action.c_str(), reason.c_str(),
+                      count_of(n));
+  }
+  if (auto counters = out.find("counters"); counters != out.end() && counters->is_object()) {
+    std::printf("counters:\n");
+    for (const auto& [name, n] : counters->items())
+      std::printf("  %-18s %llu\n", name.c_str(), count_of(n));
+  }
+  for (const auto& [section, value] : out.items())
+    if (std::ranges::find(kDatapath, section) == std::end(kDatapath)) print_flat(section, value);
 }
 
 }  // namespace
 
 int conns_command(const std::vector<std::string>& argv) {
-  auto args = split_args(argv);
-  if (!args) return report(args.error(), "conns");
-  auto maps = open_maps(*args);
-  if (!maps) return report(maps.error(), "conns");
-  auto entries = maps->conns->snapshot();
-  if (!entries) return report(entries.error(), "conns");
-  std::sort(entries->begin(), entries->end(),
-            [](const auto& a, const auto& b) { return a.second.created_ns < b.second.created_ns; });
-  auto now = datapath::monotonic_ns();
-  json rows = json::array();
-  for (const auto& [cookie, conn] : *entries) rows.push_back(conn_json(cookie, conn, now));
+  constexpr auto kCommand = Command::kConns;
+  auto args = split_args(argv, kCommand);
+  if (!args) return report(args.error(), kCommand);
+  if (!args->positional.empty())
+    return report({Errc::kInvalidArgument, "unexpected argument " + args->positional[0]}, kCommand);
+  auto paths = config::load_client_paths(args->paths);
+  if (!paths) return report(paths.error(), kCommand);
+  auto rows = conns_rows(*args, *paths);
+  if (!rows) return report(rows.error(), kCommand);
+  json shown = json::array();
+  for (auto& row : *rows)
+    if (matches(row, *args)) shown.push_back(std::move(row));
+  // Oldest first, whoever built the rows.
+  std::stable_sort(shown.begin(), shown.end(),
+                   [](const json& a, const json& b) { return age_of(a) > age_of(b); });
   if (args->json)
-    std::cout << rows.dump(2) << "\n";
+    std::cout << shown.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
   else
-    print_table(rows);
+    print_table(shown, args->closed);
   return 0;
 }
 
 int conn_command(const std::vector<std::string>& argv) {
-  auto args = split_args(argv);
-  if (!args) return report(args.error(), "conn");
+  constexpr auto kCommand = Command::kConn;
+  auto args = split_args(argv, kCommand);
+  if (!args) return report(args.error(), kCommand);
   if (args->positional.size() != 1)
-    return report({Errc::kInvalidArgument, "usage: trustfence conn COOKIE [--json]"}, "conn");
+    return report({Errc::kInvalidArgument, "usage: trustfence conn COOKIE [--json]"}, kCommand);
   const auto& text = args->positional[0];
   Cookie cookie = 0;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), cookie);
   if (ec != std::errc() || end != text.data() + text.size())
-    return report({Errc::kInvalidArgument, "COOKIE '" + text + "' is not a number"}, "conn");
-  auto maps = open_maps(*args);
-  if (!maps) return report(maps.error(), "conn");
-  auto conn = maps->conns->lookup(cookie);
-  if (!conn) return report(conn.error(), "conn");
-  if (!*conn) return report({Errc::kNotFound, "no tracked connection " + text}, "conn");
-  json row = conn_json(cookie, **conn, datapath::monotonic_ns());
+    return report({Errc::kInvalidArgument, "COOKIE '" + text + "' is not a number"}, kCommand);
+  auto paths = config::load_client_paths(args->paths);
+  if (!paths) return report(paths.error(), kCommand);
+
+  auto reply = ask_agent(*paths, {{"command", "conn"}, {"cookie", cookie}}, kCommand);
+  if (!reply) return report(reply.error(), kCommand);
+  json row;
+  if (*reply) {
+    auto it = (*reply)->find("connection");
+    if (it == (*reply)->end() || !it->is_object())
+      return report(malformed(*paths, "\"connection\" object"), kCommand);
+    row = std::move(*it);
+  } else {
+    auto from_maps = row_from_maps(*paths, cookie);
+    if (!from_maps) return report(from_maps.error(), kCommand);
+    row = std::move(*from_maps);
+  }
   if (args->json)
-    std::cout << row.dump(2) << "\n";
+    std::cout << row.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
   else
-    print_table(json::array({row}));
+    print_table(json::array({row}), row.contains("state"));
   return 0;
 }
 
 int stats_command(const std::vector<std::string>& argv) {
-  auto args = split_args(argv);
-  if (!args) return report(args.error(), "stats");
-  auto maps = open_maps(*args);
-  if (!maps) return report(maps.error(), "stats");
-  auto per_cpu = maps->stats->lookup(0);
-  if (!per_cpu) return report(per_cpu.error(), "stats");
-  tf_stats total = datapath::sum_stats(*per_cpu);
-  auto entries = maps->conns->snapshot();
-  if (!entries) return report(entries.error(), "stats");
+  constexpr auto kCommand = Command::kStats;
+  auto args = split_args(argv, kCommand);
+  if (!args) return report(args.error(), kCommand);
+  if (!args->positional.empty())
+    return report({Errc::kInvalidArgument, "unexpected argument " + args->positional[0]}, kCommand);
+  auto paths = config::load_client_paths(args->paths);
+  if (!paths) return report(paths.error(), kCommand);
 
-  json packets = json::object();
-  for (int d = 0; d < TF_PACKET_DIR_COUNT; ++d)
-    for (int a = 0; a < TF_ACTION_COUNT; ++a)
-      for (int r = 0; r < TF_REASON_COUNT; ++r)
-        if (auto n = total.packets[d][a][r]; n != 0)
-          packets[std::string(to_string(static_cast<tf_packet_dir>(d)))][std::string(to_string(
-              static_cast<tf_action>(a)))][std::string(to_string(static_cast<tf_reason>(r)))] = n;
-  json counters = json::object();
-  for (int c = 0; c < TF_COUNTER_COUNT; ++c)
-    counters[std::string(to_string(static_cast<tf_counter>(c)))] = total.counters[c];
-  json verdicts = json::object();
-  for (const auto& [cookie, conn] : *entries) {
-    auto v = verdict_from_byte(conn.verdict);
-    verdicts[v ? std::string(to_string(*v)) : "invalid"] =
-        verdicts.value(v ? std::string(to_string(*v)) : "invalid", 0) + 1;
+  auto reply = ask_agent(*paths, {{"command", "stats"}}, kCommand);
+  if (!reply) return report(reply.error(), kCommand);
+  json out;
+  if (*reply) {
+    if (!(*reply)->is_object()) return report(malformed(*paths, "stats object"), kCommand);
+    out = std::move(**reply);
+  } else {
+    auto from_maps = stats_from_maps(*paths);
+    if (!from_maps) return report(from_maps.error(), kCommand);
+    out = std::move(*from_maps);
   }
-  json out = {{"packets", packets},
-              {"counters", counters},
-              {"connections",
-               {{"tracked", entries->size()},
-                {"capacity", maps->conns->capacity()},
-                {"by_verdict", verdicts}}}};
-  if (args->json) {
-    std::cout << out.dump(2) << "\n";
-    return 0;
-  }
-  std::printf("connections: %zu tracked of %zu\n", entries->size(), maps->conns->capacity());
-  for (auto& [verdict, n] : verdicts.items())
-    std::printf("  %-10s %llu\n", verdict.c_str(), n.get<unsigned long long>());
-  std::printf("packets:\n");
-  for (auto& [dir, actions] : packets.items())
-    for (auto& [action, reasons] : actions.items())
-      for (auto& [reason, n] : reasons.items())
-        std::printf("  %-8s %-6s %-22s %llu\n", dir.c_str(), action.c_str(), reason.c_str(),
-                    n.get<unsigned long long>());
-  std::printf("counters:\n");
-  for (auto& [name, n] : counters.items())
-    std::printf("  %-18s %llu\n", name.c_str(), n.get<unsigned long long>());
+  if (args->json)
+    std::cout << out.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+  else
+    print_stats(out);
   return 0;
 }
 

@@ -1,33 +1,33 @@
 #include "trustfence/runtime/agent.hpp"
 
+#include <netinet/in.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
-#include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 
+#include <deque>
+#include <memory>
+#include <optional>
+
+#include "trustfence/api/conn_json.hpp"
+#include "trustfence/api/server.hpp"
+#include "trustfence/attest/attestor.hpp"
 #include "trustfence/common/verdict.hpp"
 #include "trustfence/datapath/format.hpp"
 #include "trustfence/datapath/host.hpp"
+#include "trustfence/datapath/sock_destroy.hpp"
+#include "trustfence/runtime/event_loop.hpp"
+#include "trustfence/tls/tls_stream.hpp"
+#include "trustfence/tls/verify_cache.hpp"
 
 namespace trustfence::runtime {
 namespace {
 
-void log_event(const datapath::Event& ev) {
-  const auto& c = ev.conn;
-  auto direction = to_string(static_cast<tf_direction>(c.direction));
-  if (ev.kind == TF_EVENT_NEW) {
-    spdlog::info("new {} {} -> {} cookie={} cgroup={} verdict={} reason={}", direction,
-                 datapath::local_endpoint(c.tuple), datapath::remote_endpoint(c.tuple), ev.cookie,
-                 c.cgroup_id, to_string(static_cast<tf_verdict>(c.verdict)),
-                 to_string(static_cast<tf_reason>(c.reason)));
-  } else {
-    spdlog::info("close {} {} -> {} cookie={} verdict={} reason={} lived_ms={}", direction,
-                 datapath::local_endpoint(c.tuple), datapath::remote_endpoint(c.tuple), ev.cookie,
-                 to_string(static_cast<tf_verdict>(c.verdict)),
-                 to_string(static_cast<tf_reason>(c.reason)),
-                 (ev.timestamp_ns - c.created_ns) / 1'000'000);
-  }
-}
+// Closed connections kept for `trustfence conns --closed`.
+constexpr std::size_t kClosedHistory = 1024;
+// How often the connection table is checked for events the ring lost.
+constexpr std::chrono::milliseconds kReconcileInterval{1000};
 
 Result<UniqueFd> termination_signals() {
   sigset_t mask;
@@ -39,6 +39,318 @@ Result<UniqueFd> termination_signals() {
   if (fd < 0) return fail_errno("signalfd", errno);
   return UniqueFd(fd);
 }
+
+Result<UniqueFd> listen_on(const net::SocketAddress& address) {
+  sockaddr_storage addr{};
+  socklen_t len = address.to_sockaddr(addr);
+  UniqueFd fd(::socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return fail_errno("listen " + address.str() + ": socket", errno);
+  int one = 1, zero = 0;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  // [::] takes IPv4 peers too.
+  if (addr.ss_family == AF_INET6)
+    ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0)
+    return fail_errno("listen = " + address.str() + ": bind", errno);
+  if (::listen(fd.get(), 512) != 0) return fail_errno("listen = " + address.str(), errno);
+  return fd;
+}
+
+std::optional<net::SocketAddress> peer_address(const sockaddr_storage& addr) {
+  std::uint32_t words[4] = {};
+  if (addr.ss_family == AF_INET) {
+    auto* sin = reinterpret_cast<const sockaddr_in*>(&addr);
+    words[0] = sin->sin_addr.s_addr;
+    return net::SocketAddress(net::IpAddress::from_words(words, AF_INET), ntohs(sin->sin_port));
+  }
+  if (addr.ss_family == AF_INET6) {
+    auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&addr);
+    std::memcpy(words, &sin6->sin6_addr, 16);
+    auto ip = net::IpAddress::from_words(words, AF_INET6);  // v4-mapped stays IPv4
+    return net::SocketAddress(ip, ntohs(sin6->sin6_port));
+  }
+  return std::nullopt;
+}
+
+// What attestation needs, built from the identity config.
+struct Identity {
+  std::unique_ptr<tls::BundleSet> bundles;
+  std::unique_ptr<tls::SvidVerifier> verifier;
+  std::unique_ptr<tls::VerifyCache> cache;
+  std::unique_ptr<tls::TlsContext> client;
+  std::unique_ptr<tls::TlsContext> server;
+  identity::SpiffeId agent_id;
+};
+
+Result<Identity> load_identity(const config::IdentityConfig& config) {
+  if (config.svid_cert.empty())
+    return fail(Errc::kInvalidArgument,
+                "trust-domain is set but svid-cert/svid-key are not: the agent authenticates "
+                "to its peers with its own SVID");
+  auto bundles = config::load_bundles(config);
+  if (!bundles) return std::unexpected(bundles.error());
+  auto set = std::make_unique<tls::BundleSet>(std::move(*bundles));
+  auto verifier =
+      std::make_unique<tls::SvidVerifier>(*set, [] { return std::chrono::system_clock::now(); });
+  auto svid = tls::load_tls_identity(config.svid_cert, config.svid_key);
+  if (!svid) return std::unexpected(svid.error());
+  // Our own SVID must pass what our peers will check, against our bundle.
+  auto own = verifier->verify(svid->chain);
+  if (!own)
+    return fail(Errc::kInvalidArgument, "svid-cert = " + config.svid_cert + ": " +
+                                            std::string(to_string(own.error().reason)) + ": " +
+                                            own.error().detail);
+  if (!own->id.member_of(config.rules.trust_domain))
+    return fail(Errc::kInvalidArgument, "svid-cert = " + config.svid_cert + ": " + own->id.str() +
+                                            " is not in trust-domain " +
+                                            config.rules.trust_domain.name());
+  auto cache = std::make_unique<tls::VerifyCache>(*verifier);
+  auto client = tls::TlsContext::create(tls::Role::kClient, *svid, *cache, *verifier);
+  if (!client) return std::unexpected(client.error());
+  auto server = tls::TlsContext::create(tls::Role::kServer, *svid, *cache, *verifier);
+  if (!server) return std::unexpected(server.error());
+  return Identity{std::move(set),
+                  std::move(verifier),
+                  std::move(cache),
+                  std::make_unique<tls::TlsContext>(std::move(*client)),
+                  std::make_unique<tls::TlsContext>(std::move(*server)),
+                  own->id};
+}
+
+class NodeAgent {
+ public:
+  NodeAgent(const config::Config& config, datapath::Datapath& dp, EventLoop& loop)
+      : config_(config), dp_(dp), loop_(loop) {}
+
+  Result<void> start() {
+    if (config_.identity) {
+      auto id = load_identity(*config_.identity);
+      if (!id) return std::unexpected(id.error());
+      identity_.emplace(std::move(*id));
+      workloads_.emplace(identity_->agent_id, config_.attestation.workloads);
+      attestor_.emplace(loop_, *identity_->client, *identity_->server, interner_, *workloads_,
+                        attest::Attestor::Options{.attestation = config_.attestation,
+                                                  .rules = config_.identity->rules,
+                                                  .generation = 1,
+                                                  .limits = {}});
+      auto listener = listen_on(config_.attestation.listen);
+      if (!listener) return std::unexpected(listener.error());
+      listener_ = std::move(*listener);
+      if (auto ok = loop_.add(listener_.get(), EPOLLIN, [this](std::uint32_t) { accept_channels(); });
+          !ok)
+        return ok;
+      spdlog::info("attesting as {} on {} ({} peers, peer-authentication {}, timeout {} ms)",
+                   identity_->agent_id.str(), config_.attestation.listen.str(),
+                   config_.attestation.peers.size(),
+                   config_.attestation.peer_authentication == config::PeerAuthentication::kStrict
+                       ? "strict"
+                       : "permissive",
+                   config_.attestation.timeout.count());
+    } else {
+      spdlog::warn("no trust-domain configured: connections are tracked but nobody attests them");
+    }
+
+    auto events = dp_.events([this](const datapath::Event& ev) { on_event(ev); });
+    if (!events) return std::unexpected(events.error());
+    events_.emplace(std::move(*events));
+    if (auto ok = loop_.add(events_->epoll_fd(), EPOLLIN, [this](std::uint32_t) { poll_events(); });
+        !ok)
+      return ok;
+
+    auto api = api::Server::start(loop_, config_.api,
+                                  [this](const nlohmann::json& request) { return serve(request); });
+    if (!api) return std::unexpected(api.error());
+    api_ = std::move(*api);
+    spdlog::info("query API on {}", config_.api.socket);
+
+    loop_.on_round_end([this] {
+      poll_events();
+      apply_decisions();
+    });
+    reconcile();  // connections that arrived while no agent ran
+    schedule_reconcile();
+    return {};
+  }
+
+ private:
+  void poll_events() {
+    if (auto polled = events_->poll(0); !polled)
+      spdlog::error("tf_events: {}", polled.error().message);
+    if (events_->malformed() != malformed_seen_) {
+      spdlog::warn("skipped {} malformed tf_events records", events_->malformed() - malformed_seen_);
+      malformed_seen_ = events_->malformed();
+    }
+  }
+
+  void on_event(const datapath::Event& ev) {
+    if (ev.kind == TF_EVENT_NEW) {
+      spdlog::debug("new {} {} -> {} cookie={} cgroup={} verdict={}",
+                    to_string(static_cast<tf_direction>(ev.conn.direction)),
+                    datapath::local_endpoint(ev.conn.tuple), datapath::remote_endpoint(ev.conn.tuple),
+                    ev.cookie, ev.conn.cgroup_id, to_string(static_cast<tf_verdict>(ev.conn.verdict)));
+      if (attestor_) attestor_->on_new(ev.cookie, ev.conn);
+      return;
+    }
+    if (attestor_) attestor_->on_close(ev.cookie);
+    remember_closed(ev.cookie, ev.conn, ev.timestamp_ns);
+  }
+
+  void remember_closed(datapath::Cookie cookie, const tf_conn& conn, std::uint64_t at_ns) {
+    closed_.push_back({cookie, conn, at_ns});
+    if (closed_.size() > kClosedHistory) closed_.pop_front();
+  }
+
+  void apply_decisions() {
+    if (!attestor_) return;
+    auto decisions = attestor_->take_decisions();
+    attestor_->collect();
+    if (decisions.empty()) return;
+    std::vector<std::pair<datapath::Cookie, datapath::VerdictUpdate>> batch;
+    batch.reserve(decisions.size());
+    for (const auto& d : decisions) batch.emplace_back(d.cookie, d.update);
+    if (auto applied = dp_.apply_verdicts(batch); !applied)
+      spdlog::error("writing {} verdicts: {}", batch.size(), applied.error().message);
+    for (const auto& d : decisions) {
+      auto line = fmt::format("{} {} {} -> {} cookie={} peer={} reason={}: {}",
+                              to_string(d.update.verdict),
+                              to_string(static_cast<tf_direction>(d.conn.direction)),
+                              datapath::local_endpoint(d.conn.tuple),
+                              datapath::remote_endpoint(d.conn.tuple), d.cookie,
+                              d.peer.empty() ? "-" : d.peer, to_string(d.update.reason), d.detail);
+      if (d.update.verdict != TF_VERDICT_DENY) {
+        spdlog::debug("{}", line);
+        continue;
+      }
+      spdlog::warn("{}", line);
+      if (config_.datapath.mode != TF_MODE_ENFORCE) continue;
+      // The application learns of the denial now, not at its next timeout.
+      if (auto destroyed = datapath::destroy_socket(d.conn.tuple, d.cookie); !destroyed)
+        spdlog::error("destroying denied socket {}: {}", d.cookie, destroyed.error().message);
+    }
+  }
+
+  void accept_channels() {
+    for (int i = 0; i < 64; ++i) {
+      sockaddr_storage from{};
+      socklen_t len = sizeof(from);
+      UniqueFd fd(::accept4(listener_.get(), reinterpret_cast<sockaddr*>(&from), &len,
+                            SOCK_NONBLOCK | SOCK_CLOEXEC));
+      if (!fd) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED)
+          spdlog::warn("accept on {}: {}", config_.attestation.listen.str(), std::strerror(errno));
+        return;
+      }
+      auto address = peer_address(from);
+      if (!address) continue;
+      attestor_->accept(std::move(fd), *address);
+    }
+  }
+
+  // Entries the events did not tell us about (agent restarted, ring full)
+  // are picked up from the table itself; entries gone from it are closed.
+  void reconcile() {
+    auto entries = dp_.conns().snapshot();
+    if (!entries) {
+      spdlog::error("reading tf_conns: {}", entries.error().message);
+      return;
+    }
+    std::size_t picked = 0;
+    for (const auto& [cookie, conn] : *entries) {
+      if (!attestor_ || attestor_->tracks(cookie) || conn.verdict != TF_VERDICT_PENDING) continue;
+      attestor_->on_new(cookie, conn);
+      ++picked;
+    }
+    if (picked) spdlog::info("picked up {} pending connections from tf_conns", picked);
+  }
+
+  void schedule_reconcile() {
+    loop_.after(kReconcileInterval, [this] {
+      auto stats = dp_.stats();
+      if (stats && stats->counters[TF_COUNTER_EVENTS_LOST] != events_lost_seen_) {
+        spdlog::warn("tf_events lost {} records; reconciling with tf_conns",
+                     stats->counters[TF_COUNTER_EVENTS_LOST] - events_lost_seen_);
+        events_lost_seen_ = stats->counters[TF_COUNTER_EVENTS_LOST];
+        reconcile();
+      }
+      schedule_reconcile();
+    });
+  }
+
+  nlohmann::json serve(const nlohmann::json& request) {
+    auto command = request.value("command", "");
+    auto now = datapath::monotonic_ns();
+    api::NameOf names = [this](std::uint32_t id) { return interner_.name(id); };
+    if (command == "conns") {
+      bool include_closed = request.value("include_closed", false);
+      auto entries = dp_.conns().snapshot();
+      if (!entries) return {{"error", entries.error().message}};
+      std::sort(entries->begin(), entries->end(), [](const auto& a, const auto& b) {
+        return a.second.created_ns < b.second.created_ns;
+      });
+      nlohmann::json rows = nlohmann::json::array();
+      for (const auto& [cookie, conn] : *entries) {
+        auto row = api::conn_json(cookie, conn, now, names);
+        if (include_closed) row["state"] = "open";
+        rows.push_back(std::move(row));
+      }
+      if (include_closed) {
+        for (const auto& closed : closed_) {
+          auto row = api::conn_json(closed.cookie, closed.conn, closed.at_ns, names);
+          row["state"] = "closed";
+          rows.push_back(std::move(row));
+        }
+      }
+      return {{"connections", rows}};
+    }
+    if (command == "conn") {
+      if (!request.contains("cookie") || !request["cookie"].is_number_unsigned())
+        return {{"error", "conn: cookie must be an unsigned number"}};
+      auto cookie = request["cookie"].get<datapath::Cookie>();
+      auto conn = dp_.conns().lookup(cookie);
+      if (!conn) return {{"error", conn.error().message}};
+      if (*conn) return {{"connection", api::conn_json(cookie, **conn, now, names)}};
+      for (auto it = closed_.rbegin(); it != closed_.rend(); ++it) {
+        if (it->cookie != cookie) continue;
+        auto row = api::conn_json(cookie, it->conn, it->at_ns, names);
+        row["state"] = "closed";
+        return {{"connection", row}};
+      }
+      return {{"error", "no tracked connection " + std::to_string(cookie)}};
+    }
+    if (command == "stats") {
+      auto stats = dp_.stats();
+      auto entries = dp_.conns().snapshot();
+      if (!stats) return {{"error", stats.error().message}};
+      if (!entries) return {{"error", entries.error().message}};
+      auto out = api::datapath_stats_json(*stats, *entries, dp_.conns().capacity());
+      if (attestor_) out.update(attestor_->stats());
+      out["api"] = api::to_json(api_->stats());
+      out["interned_names"] = interner_.size();
+      return out;
+    }
+    return {{"error", "unknown command '" + command + "' (conns, conn, stats)"}};
+  }
+
+  struct Closed {
+    datapath::Cookie cookie;
+    tf_conn conn;
+    std::uint64_t at_ns;
+  };
+
+  const config::Config& config_;
+  datapath::Datapath& dp_;
+  EventLoop& loop_;
+  identity::Interner interner_;
+  std::optional<Identity> identity_;
+  std::optional<attest::WorkloadIdentities> workloads_;
+  std::optional<attest::Attestor> attestor_;
+  UniqueFd listener_;
+  std::optional<datapath::EventReader> events_;
+  std::unique_ptr<api::Server> api_;
+  std::deque<Closed> closed_;
+  std::uint64_t malformed_seen_ = 0;
+  std::uint64_t events_lost_seen_ = 0;
+};
 
 }  // namespace
 
@@ -55,36 +367,21 @@ Result<void> run_agent(const config::Config& config) {
                dp->cgroup_path(), dp->cgroup_id(), config.datapath.pin_dir,
                config.datapath.mode == TF_MODE_AUDIT ? "audit" : "enforce");
 
-  auto events = dp->events(log_event);
-  if (!events) return std::unexpected(events.error());
+  auto loop = EventLoop::create();
+  if (!loop) return std::unexpected(loop.error());
   auto signals = termination_signals();
   if (!signals) return std::unexpected(signals.error());
+  if (auto ok = loop->add(signals->get(), EPOLLIN,
+                          [&](std::uint32_t) {
+                            spdlog::info("stopping; the datapath stays attached and keeps enforcing");
+                            loop->stop();
+                          });
+      !ok)
+    return ok;
 
-  UniqueFd epoll(epoll_create1(EPOLL_CLOEXEC));
-  if (!epoll) return fail_errno("epoll_create1", errno);
-  for (int fd : {events->epoll_fd(), signals->get()}) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    if (epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return fail_errno("epoll_ctl", errno);
-  }
-  std::uint64_t malformed_seen = 0;
-  for (;;) {
-    epoll_event ready[4];
-    int n = epoll_wait(epoll.get(), ready, 4, datapath::kEventPollMs);
-    if (n < 0 && errno != EINTR) return fail_errno("epoll_wait", errno);
-    for (int i = 0; i < n; ++i) {
-      if (ready[i].data.fd == signals->get()) {
-        spdlog::info("stopping; the datapath stays attached and keeps enforcing");
-        return {};
-      }
-    }
-    if (auto polled = events->poll(0); !polled) return std::unexpected(polled.error());
-    if (events->malformed() != malformed_seen) {
-      spdlog::warn("skipped {} malformed tf_events records", events->malformed() - malformed_seen);
-      malformed_seen = events->malformed();
-    }
-  }
+  NodeAgent agent(config, *dp, *loop);
+  if (auto ok = agent.start(); !ok) return ok;
+  return loop->run(std::chrono::milliseconds(datapath::kEventPollMs));
 }
 
 }  // namespace trustfence::runtime

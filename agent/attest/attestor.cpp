@@ -1,0 +1,557 @@
+#include "trustfence/attest/attestor.hpp"
+
+#include <ifaddrs.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "trustfence/common/verdict.hpp"
+#include "trustfence/datapath/format.hpp"
+
+namespace trustfence::attest {
+namespace {
+
+using Kind = CloseReason::Kind;
+
+bool is_loopback(const net::IpAddress& address) {
+  const auto& b = address.bytes();
+  if (address.is_v4()) return b[12] == 127;
+  return std::all_of(b.begin(), b.begin() + 15, [](std::uint8_t x) { return x == 0; }) &&
+         b[15] == 1;
+}
+
+}  // namespace
+
+Attestor::Attestor(runtime::EventLoop& loop, tls::TlsContext& client, tls::TlsContext& server,
+                   identity::Interner& interner, WorkloadIdentities& workloads, Options options)
+    : loop_(loop),
+      client_(client),
+      server_(server),
+      interner_(interner),
+      workloads_(workloads),
+      options_(std::move(options)),
+      policy_(options_.rules) {}
+
+Attestor::~Attestor() {
+  for (auto& [cookie, conn] : conns_)
+    if (conn.deadline) loop_.cancel(*conn.deadline);
+  for (auto& [tuple, parked] : parked_) loop_.cancel(parked.timer);
+}
+
+// --- connections -----------------------------------------------------------
+
+void Attestor::on_new(datapath::Cookie cookie, const tf_conn& tracked) {
+  if (conns_.contains(cookie)) return;
+  auto local = from_abi(tracked.tuple);
+  if (!local) {
+    spdlog::warn("cookie {}: {}", cookie, local.error().message);
+    return;
+  }
+  auto [it, inserted] = conns_.emplace(cookie, Conn{tracked, *local, false, std::nullopt});
+  by_tuple_[*local] = cookie;
+  Conn& conn = it->second;
+  if (tracked.verdict != TF_VERDICT_PENDING) {
+    conn.decided = true;  // exempt, or decided before a restart
+    return;
+  }
+  auto timeout = options_.attestation.timeout;
+  conn.deadline = loop_.after(timeout, [this, cookie, timeout] {
+    if (auto* c = pending(cookie)) {
+      c->deadline.reset();
+      decide(cookie, TF_VERDICT_DENY, TF_REASON_ATTESTATION_TIMEOUT, std::nullopt,
+             "not attested within " + std::to_string(timeout.count()) + " ms");
+    }
+  });
+  if (tracked.direction == TF_DIRECTION_OUTBOUND)
+    start_outbound(cookie, conn);
+  else
+    start_inbound(cookie, conn);
+}
+
+void Attestor::on_close(datapath::Cookie cookie) {
+  auto it = conns_.find(cookie);
+  if (it == conns_.end()) return;
+  if (it->second.deadline) loop_.cancel(*it->second.deadline);
+  auto t = by_tuple_.find(it->second.local);
+  if (t != by_tuple_.end() && t->second == cookie) by_tuple_.erase(t);
+  conns_.erase(it);
+}
+
+Attestor::Conn* Attestor::pending(datapath::Cookie cookie) {
+  auto it = conns_.find(cookie);
+  if (it == conns_.end() || it->second.decided) return nullptr;
+  return &it->second;
+}
+
+void Attestor::start_outbound(datapath::Cookie cookie, Conn& conn) {
+  auto other = by_tuple_.find(conn.local.mirrored());
+  if (other != by_tuple_.end()) {
+    decide_same_node(cookie, other->second);
+    return;
+  }
+  auto remote = net::IpAddress::from_bytes(conn.local.remote_addr);
+  // A server on this node: its socket's event pairs them (or the deadline).
+  if (is_local_address(remote)) return;
+  auto agent = route(remote);
+  PeerSlot& slot = slot_for(agent);
+  if (slot.channel && slot.channel->ready()) {
+    send_request(slot, agent, cookie);
+  } else if (!slot.channel && slot.last_failure && runtime::SteadyClock::now() < slot.retry_at) {
+    decide_from_failure(cookie, *slot.last_failure);
+  } else {
+    slot.waiting_outbound.push_back(cookie);
+    connect(agent, slot);
+  }
+}
+
+void Attestor::start_inbound(datapath::Cookie cookie, Conn& conn) {
+  auto other = by_tuple_.find(conn.local.mirrored());
+  if (other != by_tuple_.end()) {
+    decide_same_node(other->second, cookie);
+    return;
+  }
+  // The request may have come first.
+  if (auto p = parked_.find(conn.local); p != parked_.end()) {
+    Parked parked = std::move(p->second);
+    parked_.erase(p);
+    loop_.cancel(parked.timer);
+    if (Channel* channel = channel_by_id(parked.channel_id)) answer(*channel, parked.request, cookie);
+    return;
+  }
+  auto remote = net::IpAddress::from_bytes(conn.local.remote_addr);
+  if (is_local_address(remote)) return;
+  // The client's agent will send the attestation over its own channel; our
+  // channel to it tells promptly whether it has an agent at all and
+  // whether its SVID holds.
+  auto agent = route(remote);
+  PeerSlot& slot = slot_for(agent);
+  if (slot.channel && slot.channel->ready()) return;
+  if (!slot.channel && slot.last_failure && runtime::SteadyClock::now() < slot.retry_at) {
+    decide_from_failure(cookie, *slot.last_failure);
+    return;
+  }
+  slot.waiting_inbound.push_back(cookie);
+  connect(agent, slot);
+}
+
+net::SocketAddress Attestor::route(const net::IpAddress& remote) const {
+  for (const auto& route : options_.attestation.peers)
+    if (route.cidr.contains(remote)) return route.agent;
+  return net::SocketAddress(remote, options_.attestation.listen.port());
+}
+
+bool Attestor::is_local_address(const net::IpAddress& address) {
+  if (is_loopback(address)) return true;
+  if (local_addresses_.contains(address)) return true;
+  auto now = runtime::SteadyClock::now();
+  if (now - local_addresses_at_ < std::chrono::seconds(1)) return false;
+  local_addresses_at_ = now;
+  local_addresses_.clear();
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return false;
+  for (ifaddrs* ifa = list; ifa; ifa = ifa->ifa_next) {
+    if (!ifa->ifa_addr) continue;
+    std::uint32_t words[4] = {};
+    if (ifa->ifa_addr->sa_family == AF_INET) {
+      words[0] = reinterpret_cast<sockaddr_in*>(ifa->ifa_addr)->sin_addr.s_addr;
+      local_addresses_.insert(net::IpAddress::from_words(words, AF_INET));
+    } else if (ifa->ifa_addr->sa_family == AF_INET6) {
+      std::memcpy(words, &reinterpret_cast<sockaddr_in6*>(ifa->ifa_addr)->sin6_addr, 16);
+      local_addresses_.insert(net::IpAddress::from_words(words, AF_INET6));
+    }
+  }
+  ::freeifaddrs(list);
+  return local_addresses_.contains(address);
+}
+
+// --- channels we open --------------------------------------------------------
+
+Attestor::PeerSlot& Attestor::slot_for(const net::SocketAddress& agent) { return peers_[agent]; }
+
+void Attestor::connect(const net::SocketAddress& agent, PeerSlot& slot) {
+  if (slot.channel) return;  // connecting already
+  Channel::Callbacks callbacks{
+      .on_ready = [this, agent](Channel& channel) { on_channel_ready(agent, channel); },
+      .on_message = [this](Channel& channel, Message&& message) {
+        on_message(channel, std::move(message));
+      },
+      .on_closed = [this, agent](Channel& channel,
+                                 const CloseReason& reason) { on_channel_closed(agent, channel, reason); },
+  };
+  auto channel = Channel::connect(loop_, client_, agent, std::exchange(slot.session, std::nullopt),
+                                  std::move(callbacks), options_.limits.channel);
+  if (!channel) {
+    CloseReason reason{Kind::kConnectFailed, channel.error().message, {}};
+    spdlog::warn("channel to {}: {}", agent.str(), reason.detail);
+    slot.last_failure = reason;
+    slot.retry_at = runtime::SteadyClock::now() + options_.limits.min_backoff;
+    for (auto cookie : std::exchange(slot.waiting_outbound, {})) decide_from_failure(cookie, reason);
+    for (auto cookie : std::exchange(slot.waiting_inbound, {})) decide_from_failure(cookie, reason);
+    return;
+  }
+  slot.channel = std::move(*channel);
+}
+
+void Attestor::on_channel_ready(const net::SocketAddress& agent, Channel& channel) {
+  PeerSlot& slot = peers_[agent];
+  slot.backoff = std::chrono::milliseconds(0);
+  slot.last_failure.reset();
+  spdlog::info("channel to {} ready: peer {}{}", agent.str(), channel.peer()->id.str(),
+               channel.resumed() ? " (resumed)" : "");
+  slot.waiting_inbound.clear();  // their attestations come from the peer
+  for (auto cookie : std::exchange(slot.waiting_outbound, {}))
+    if (pending(cookie)) send_request(slot, agent, cookie);
+}
+
+void Attestor::send_request(PeerSlot& slot, const net::SocketAddress& agent,
+                            datapath::Cookie cookie) {
+  Conn* conn = pending(cookie);
+  if (!conn) return;
+  std::uint64_t id = next_request_id_++;
+  inflight_.emplace(id, Inflight{cookie, slot.channel->id(), agent});
+  ++counters_.requests_sent;
+  slot.channel->send(AttestRequest{id, conn->local, workloads_.lookup(conn->conn.cgroup_id)});
+}
+
+void Attestor::on_channel_closed(const net::SocketAddress& agent, Channel& channel,
+                                 const CloseReason& reason) {
+  ++counters_.channel_closes[std::string(to_string(reason.kind))];
+  PeerSlot& slot = peers_[agent];
+  bool was_ready = channel.peer() != nullptr && reason.kind != Kind::kHandshakeFailed &&
+                   reason.kind != Kind::kPeerRejected;
+  if (auto session = channel.session()) slot.session = std::move(session);
+  if (slot.channel.get() == &channel) closed_.push_back(std::move(slot.channel));
+
+  // Requests in flight on it are sent again on a new channel; their
+  // deadlines still bound them.
+  std::vector<datapath::Cookie> resend;
+  for (auto it = inflight_.begin(); it != inflight_.end();) {
+    if (it->second.channel_id == channel.id()) {
+      resend.push_back(it->second.cookie);
+      it = inflight_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (was_ready && reason.kind != Kind::kViolation && reason.kind != Kind::kOverflow) {
+    spdlog::info("channel to {} closed ({}: {}); reconnecting", agent.str(),
+                 to_string(reason.kind), reason.detail);
+    for (auto cookie : resend) slot.waiting_outbound.push_back(cookie);
+    if (!slot.waiting_outbound.empty()) connect(agent, slot);
+    return;
+  }
+  spdlog::warn("channel to {} failed ({}: {})", agent.str(), to_string(reason.kind), reason.detail);
+  slot.backoff = std::clamp(slot.backoff * 2, options_.limits.min_backoff, options_.limits.max_backoff);
+  slot.retry_at = runtime::SteadyClock::now() + slot.backoff;
+  slot.last_failure = reason;
+  for (auto cookie : resend) decide_from_failure(cookie, reason);
+  for (auto cookie : std::exchange(slot.waiting_outbound, {})) decide_from_failure(cookie, reason);
+  for (auto cookie : std::exchange(slot.waiting_inbound, {})) decide_from_failure(cookie, reason);
+}
+
+// --- channels peers open -----------------------------------------------------
+
+void Attestor::accept(UniqueFd fd, const net::SocketAddress& from) {
+  std::size_t handshaking = 0, from_source = 0;
+  for (const auto& [id, channel] : accepted_) {
+    if (channel->state() != Channel::State::kHandshaking) continue;
+    ++handshaking;
+    if (channel->remote().ip() == from.ip()) ++from_source;
+  }
+  // Closing at once keeps a flood of handshakes from taking the loop away
+  // from the channels already established.
+  if (accepted_.size() >= options_.limits.max_accepted_channels ||
+      handshaking >= options_.limits.max_handshakes ||
+      from_source >= options_.limits.max_handshakes_per_source) {
+    ++counters_.handshakes_refused;
+    spdlog::debug("refused a channel from {}: handshake limits reached", from.str());
+    return;
+  }
+  Channel::Callbacks callbacks{
+      .on_ready =
+          [](Channel& channel) {
+            spdlog::info("channel from {} ready: peer {}{}", channel.remote().str(),
+                         channel.peer()->id.str(), channel.resumed() ? " (resumed)" : "");
+          },
+      .on_message = [this](Channel& channel, Message&& message) {
+        on_message(channel, std::move(message));
+      },
+      .on_closed = [this](Channel& channel,
+                          const CloseReason& reason) { on_accepted_closed(channel, reason); },
+  };
+  auto channel =
+      Channel::accept(loop_, server_, std::move(fd), from, std::move(callbacks), options_.limits.channel);
+  if (!channel) {
+    spdlog::warn("channel from {}: {}", from.str(), channel.error().message);
+    return;
+  }
+  auto id = (*channel)->id();
+  accepted_.emplace(id, std::move(*channel));
+}
+
+void Attestor::on_accepted_closed(Channel& channel, const CloseReason& reason) {
+  ++counters_.channel_closes[std::string(to_string(reason.kind))];
+  if (reason.kind == Kind::kPeerClosed || reason.kind == Kind::kShutdown)
+    spdlog::debug("channel from {} closed: {}", channel.remote().str(), reason.detail);
+  else
+    spdlog::warn("channel from {} closed ({}: {})", channel.remote().str(), to_string(reason.kind),
+                 reason.detail);
+  for (auto it = parked_.begin(); it != parked_.end();) {
+    if (it->second.channel_id == channel.id()) {
+      loop_.cancel(it->second.timer);
+      it = parked_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  auto it = accepted_.find(channel.id());
+  if (it != accepted_.end()) {
+    closed_.push_back(std::move(it->second));
+    accepted_.erase(it);
+  }
+}
+
+Channel* Attestor::channel_by_id(std::uint64_t id) {
+  if (auto it = accepted_.find(id); it != accepted_.end() && it->second->ready())
+    return it->second.get();
+  for (auto& [agent, slot] : peers_)
+    if (slot.channel && slot.channel->id() == id && slot.channel->ready()) return slot.channel.get();
+  return nullptr;
+}
+
+void Attestor::collect() { closed_.clear(); }
+
+// --- messages ----------------------------------------------------------------
+
+void Attestor::on_message(Channel& channel, Message&& message) {
+  if (auto* request = std::get_if<AttestRequest>(&message)) {
+    handle_request(channel, *request);
+  } else if (auto* response = std::get_if<AttestResponse>(&message)) {
+    handle_response(channel, *response);
+  } else if (auto* ping = std::get_if<Ping>(&message)) {
+    channel.send(Pong{ping->nonce});
+  }
+}
+
+void Attestor::handle_request(Channel& channel, const AttestRequest& request) {
+  const auto& peer_td = channel.peer()->id.trust_domain();
+  auto refuse = [&](tf_reason reason) {
+    channel.send(AttestResponse{request.request_id, std::nullopt, TF_VERDICT_DENY, reason});
+  };
+  if (!request.workload_id.member_of(peer_td)) {
+    ++counters_.foreign_vouching;
+    spdlog::warn("agent {} ({}) vouched for {}, outside its trust domain: refused",
+                 channel.peer()->id.str(), channel.remote().str(), request.workload_id.str());
+    auto local = by_tuple_.find(request.tuple.mirrored());
+    if (local != by_tuple_.end() && pending(local->second))
+      decide(local->second, TF_VERDICT_DENY, TF_REASON_BAD_CHAIN, request.workload_id,
+             "agent " + channel.peer()->id.str() + " vouched outside its trust domain");
+    refuse(TF_REASON_BAD_CHAIN);
+    return;
+  }
+  // Only the agent answering for the client's address may attest for it.
+  auto client = net::IpAddress::from_bytes(request.tuple.local_addr);
+  if (route(client).ip() != channel.remote().ip()) {
+    ++counters_.wrong_agent;
+    spdlog::warn("agent {} at {} attested for a client at {}, which it does not answer for",
+                 channel.peer()->id.str(), channel.remote().ip().str(), client.str());
+    refuse(TF_REASON_BAD_CHAIN);
+    return;
+  }
+  auto local = by_tuple_.find(request.tuple.mirrored());
+  if (local != by_tuple_.end() &&
+      conns_.at(local->second).conn.direction == TF_DIRECTION_INBOUND) {
+    answer(channel, request, local->second);
+    return;
+  }
+  // Our end may not be established yet: wait for its event, bounded.
+  if (parked_.size() >= options_.limits.max_parked_requests) {
+    ++counters_.unmatched_requests;
+    refuse(TF_REASON_ATTESTATION_TIMEOUT);
+    return;
+  }
+  auto wait = std::min(options_.attestation.timeout, std::chrono::milliseconds(1000));
+  auto key = request.tuple.mirrored();
+  auto channel_id = channel.id();
+  auto request_id = request.request_id;
+  auto timer = loop_.after(wait, [this, key, channel_id, request_id] {
+    auto range = parked_.equal_range(key);
+    for (auto it = range.first; it != range.second; ++it) {
+      if (it->second.channel_id != channel_id || it->second.request.request_id != request_id)
+        continue;
+      parked_.erase(it);
+      ++counters_.unmatched_requests;
+      if (Channel* c = channel_by_id(channel_id))
+        c->send(AttestResponse{request_id, std::nullopt, TF_VERDICT_DENY,
+                               TF_REASON_ATTESTATION_TIMEOUT});
+      return;
+    }
+  });
+  parked_.emplace(key, Parked{channel_id, request, timer});
+}
+
+void Attestor::answer(Channel& channel, const AttestRequest& request, datapath::Cookie cookie) {
+  ++counters_.requests_served;
+  Conn& conn = conns_.at(cookie);
+  if (!conn.decided)
+    decide_by_policy(cookie, request.workload_id,
+                     "attested by agent " + channel.peer()->id.str());
+  // Our verdict as written (also when it was decided before, e.g. timed out).
+  tf_verdict verdict = TF_VERDICT_DENY;
+  tf_reason reason = TF_REASON_ATTESTATION_TIMEOUT;
+  for (auto it = decided_.rbegin(); it != decided_.rend(); ++it) {
+    if (it->cookie != cookie) continue;
+    verdict = it->update.verdict;
+    reason = it->update.reason;
+    break;
+  }
+  if (conn.conn.verdict != TF_VERDICT_PENDING) {
+    verdict = static_cast<tf_verdict>(conn.conn.verdict);
+    reason = static_cast<tf_reason>(conn.conn.reason);
+  }
+  channel.send(
+      AttestResponse{request.request_id, workloads_.lookup(conn.conn.cgroup_id), verdict, reason});
+}
+
+void Attestor::handle_response(Channel& channel, const AttestResponse& response) {
+  auto it = inflight_.find(response.request_id);
+  if (it == inflight_.end() || it->second.channel_id != channel.id()) return;
+  auto cookie = it->second.cookie;
+  inflight_.erase(it);
+  ++counters_.responses;
+  if (!pending(cookie)) return;
+  const auto& peer_agent = channel.peer()->id;
+  if (!response.workload_id) {
+    decide(cookie, TF_VERDICT_DENY,
+           response.reason == TF_REASON_NONE ? TF_REASON_ATTESTATION_TIMEOUT : response.reason,
+           std::nullopt, "agent " + peer_agent.str() + " holds no such connection");
+    return;
+  }
+  if (!response.workload_id->member_of(peer_agent.trust_domain())) {
+    ++counters_.foreign_vouching;
+    decide(cookie, TF_VERDICT_DENY, TF_REASON_BAD_CHAIN, response.workload_id,
+           "agent " + peer_agent.str() + " vouched outside its trust domain");
+    return;
+  }
+  auto decision = policy_.decide(response.workload_id);
+  if (decision.verdict == TF_VERDICT_ALLOW && response.verdict == TF_VERDICT_DENY) {
+    decide(cookie, TF_VERDICT_DENY, response.reason, response.workload_id,
+           "denied by the peer's agent " + peer_agent.str());
+    return;
+  }
+  decide(cookie, decision.verdict, decision.reason, response.workload_id,
+         decision.matched_rule.empty() ? "attested by agent " + peer_agent.str()
+                                       : decision.matched_rule);
+}
+
+// --- decisions -----------------------------------------------------------------
+
+void Attestor::decide_same_node(datapath::Cookie outbound, datapath::Cookie inbound) {
+  Conn* out = pending(outbound);
+  Conn* in = pending(inbound);
+  ++counters_.decided_locally;
+  // Copy the IDs: lookup may rescan and the Conn pointers stay valid.
+  auto server_id = workloads_.lookup(conns_.at(inbound).conn.cgroup_id);
+  auto client_id = workloads_.lookup(conns_.at(outbound).conn.cgroup_id);
+  if (out) decide_by_policy(outbound, server_id, "same node");
+  if (in) decide_by_policy(inbound, client_id, "same node");
+}
+
+void Attestor::decide_by_policy(datapath::Cookie cookie, const identity::SpiffeId& peer,
+                                std::string detail) {
+  auto decision = policy_.decide(peer);
+  if (!decision.matched_rule.empty()) detail += "; " + decision.matched_rule;
+  decide(cookie, decision.verdict, decision.reason, peer, std::move(detail));
+}
+
+void Attestor::decide_from_failure(datapath::Cookie cookie, const CloseReason& reason) {
+  if (!pending(cookie)) return;
+  switch (reason.kind) {
+    case Kind::kConnectFailed:
+      if (options_.attestation.peer_authentication == config::PeerAuthentication::kPermissive)
+        decide(cookie, TF_VERDICT_ALLOW, TF_REASON_PLAINTEXT_PERMISSIVE, std::nullopt,
+               "no peer agent (" + reason.detail + "), permissive");
+      else
+        decide(cookie, TF_VERDICT_DENY, TF_REASON_NO_PEER_AGENT, std::nullopt,
+               "no peer agent: " + reason.detail);
+      return;
+    case Kind::kPeerRejected:
+      decide(cookie, TF_VERDICT_DENY, reason.verify ? reason.verify->reason : TF_REASON_BAD_CHAIN,
+             std::nullopt, "peer agent's SVID rejected: " + reason.detail);
+      return;
+    default:
+      decide(cookie, TF_VERDICT_DENY, TF_REASON_ATTESTATION_TIMEOUT, std::nullopt,
+             "no attestation channel (" + std::string(to_string(reason.kind)) + ": " +
+                 reason.detail + ")");
+      return;
+  }
+}
+
+void Attestor::decide(datapath::Cookie cookie, tf_verdict verdict, tf_reason reason,
+                      const std::optional<identity::SpiffeId>& peer, std::string detail) {
+  Conn* conn = pending(cookie);
+  if (!conn) return;
+  conn->decided = true;
+  if (conn->deadline) loop_.cancel(*conn->deadline);
+  conn->deadline.reset();
+  datapath::VerdictUpdate update{
+      .verdict = verdict,
+      .reason = reason,
+      .peer_id = peer ? interner_.intern(peer->str()) : 0,
+      .peer_trust_domain = peer ? interner_.intern(peer->trust_domain().name()) : 0,
+      .generation = options_.generation,
+      .decided_ns = datapath::monotonic_ns(),
+  };
+  decided_.push_back(Decided{cookie, conn->conn, update, peer ? peer->str() : "", std::move(detail)});
+  conn->conn.verdict = static_cast<std::uint8_t>(verdict);
+  conn->conn.reason = static_cast<std::uint8_t>(reason);
+  conn->conn.peer_id = update.peer_id;
+  conn->conn.peer_trust_domain = update.peer_trust_domain;
+}
+
+// --- stats ---------------------------------------------------------------------
+
+nlohmann::json Attestor::stats() const {
+  nlohmann::json channels = nlohmann::json::array();
+  auto describe_channel = [](const Channel& c, const char* side) {
+    static constexpr const char* kStates[] = {"connecting", "handshaking", "ready", "closed"};
+    return nlohmann::json{{"side", side},
+                          {"remote", c.remote().str()},
+                          {"state", kStates[static_cast<int>(c.state())]},
+                          {"peer_id", c.peer() ? nlohmann::json(c.peer()->id.str()) : nullptr},
+                          {"resumed", c.resumed()}};
+  };
+  for (const auto& [agent, slot] : peers_) {
+    if (slot.channel) {
+      channels.push_back(describe_channel(*slot.channel, "outbound"));
+    } else if (slot.last_failure) {
+      channels.push_back({{"side", "outbound"},
+                          {"remote", agent.str()},
+                          {"state", "backoff"},
+                          {"last_failure", std::string(to_string(slot.last_failure->kind)) + ": " +
+                                               slot.last_failure->detail}});
+    }
+  }
+  for (const auto& [id, channel] : accepted_) channels.push_back(describe_channel(*channel, "inbound"));
+  std::size_t pending_count = 0;
+  for (const auto& [cookie, conn] : conns_) pending_count += conn.decided ? 0 : 1;
+  return {
+      {"channels", channels},
+      {"attestation",
+       {{"pending", pending_count},
+        {"in_flight", inflight_.size()},
+        {"parked_requests", parked_.size()},
+        {"requests_sent", counters_.requests_sent},
+        {"requests_served", counters_.requests_served},
+        {"responses", counters_.responses},
+        {"decided_locally", counters_.decided_locally},
+        {"foreign_vouching", counters_.foreign_vouching},
+        {"wrong_agent", counters_.wrong_agent},
+        {"unmatched_requests", counters_.unmatched_requests},
+        {"handshakes_refused", counters_.handshakes_refused},
+        {"channel_closes", counters_.channel_closes}}},
+  };
+}
+
+}  // namespace trustfence::attest
