@@ -8,7 +8,7 @@ packages=(
   clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev
   libssl-dev libboost-program-options-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  iproute2 curl socat python3 stunnel4 clang-format kmod
+  iproute2 curl socat python3 stunnel4 openssl clang-format kmod
   clang-16 libclang-rt-16-dev
 )
 

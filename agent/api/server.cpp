@@ -54,8 +54,7 @@ Result<void> ensure_directory(const fs::path& dir) {
     if (errno == EEXIST) return {};  // made meanwhile by someone else
     return fail_errno("creating api-socket directory " + dir.string(), errno);
   }
-  if (::chmod(dir.c_str(), 0755) != 0)
-    return fail_errno("chmod 0755 " + dir.string(), errno);
+  if (::chmod(dir.c_str(), 0755) != 0) return fail_errno("chmod 0755 " + dir.string(), errno);
   return {};
 }
 
@@ -215,6 +214,7 @@ Result<std::unique_ptr<Server>> Server::start(runtime::EventLoop& loop,
   std::unique_ptr<Server> server(new Server(loop, std::move(handler), limits));
   server->own_euid_ = ::geteuid();
   server->group_ = group;
+  server->group_name_ = config.group;
   server->listen_ = std::move(fd);
   // From here on the destructor unlinks the file if a later step fails.
   struct stat st {};
@@ -313,7 +313,7 @@ std::optional<std::string> Server::refuse_reason(int fd) const {
   if (cred.gid == *group_) return std::nullopt;
   auto groups = peer_groups(fd, cred.pid);
   if (groups && std::ranges::find(*groups, *group_) != groups->end()) return std::nullopt;
-  return who + " is neither root, the agent's user, nor in group " + std::to_string(*group_);
+  return who + " is neither root, the agent's user, nor in group " + group_name_;
 }
 
 void Server::on_client_ready(ClientId id, std::uint32_t events) {
@@ -396,8 +396,8 @@ void Server::answer(Client& c, const json& reply) {
 
 void Server::flush(Client& c) {
   while (c.sent < c.out.size()) {
-    ssize_t n =
-        ::send(c.fd.get(), c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t n = ::send(c.fd.get(), c.out.data() + c.sent, c.out.size() - c.sent,
+                       MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) {
       if (!c.waiting_writable) {

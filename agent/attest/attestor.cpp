@@ -48,7 +48,7 @@ void Attestor::on_new(datapath::Cookie cookie, const tf_conn& tracked) {
     spdlog::warn("cookie {}: {}", cookie, local.error().message);
     return;
   }
-  auto [it, inserted] = conns_.emplace(cookie, Conn{tracked, *local, false, std::nullopt});
+  auto [it, inserted] = conns_.emplace(cookie, Conn{tracked, *local, false, false, std::nullopt});
   by_tuple_[*local] = cookie;
   Conn& conn = it->second;
   if (tracked.verdict != TF_VERDICT_PENDING) {
@@ -59,6 +59,10 @@ void Attestor::on_new(datapath::Cookie cookie, const tf_conn& tracked) {
   conn.deadline = loop_.after(timeout, [this, cookie, timeout] {
     if (auto* c = pending(cookie)) {
       c->deadline.reset();
+      if (c->closed) {  // gone, and nobody ever told us about it
+        forget(cookie);
+        return;
+      }
       decide(cookie, TF_VERDICT_DENY, TF_REASON_ATTESTATION_TIMEOUT, std::nullopt,
              "not attested within " + std::to_string(timeout.count()) + " ms");
     }
@@ -69,7 +73,22 @@ void Attestor::on_new(datapath::Cookie cookie, const tf_conn& tracked) {
     start_inbound(cookie, conn);
 }
 
-void Attestor::on_close(datapath::Cookie cookie) {
+std::optional<tf_conn> Attestor::on_close(datapath::Cookie cookie) {
+  auto it = conns_.find(cookie);
+  if (it == conns_.end()) return std::nullopt;
+  // A socket the other side cut before we decided (its agent was faster)
+  // still gets its verdict, for the record: kept until then or its deadline.
+  if (!it->second.decided && it->second.deadline) {
+    it->second.closed = true;
+    return std::nullopt;
+  }
+  std::optional<tf_conn> known;
+  if (it->second.decided) known = it->second.conn;
+  forget(cookie);
+  return known;
+}
+
+void Attestor::forget(datapath::Cookie cookie) {
   auto it = conns_.find(cookie);
   if (it == conns_.end()) return;
   if (it->second.deadline) loop_.cancel(*it->second.deadline);
@@ -393,25 +412,26 @@ void Attestor::handle_request(Channel& channel, const AttestRequest& request) {
 
 void Attestor::answer(Channel& channel, const AttestRequest& request, datapath::Cookie cookie) {
   ++counters_.requests_served;
-  Conn& conn = conns_.at(cookie);
-  if (!conn.decided)
+  const auto cgroup_id = conns_.at(cookie).conn.cgroup_id;
+  if (!conns_.at(cookie).decided)
     decide_by_policy(cookie, request.workload_id,
                      "attested by agent " + channel.peer()->id.str());
-  // Our verdict as written (also when it was decided before, e.g. timed out).
+  // Our verdict as written: just now (the entry may be gone if the socket
+  // closed meanwhile), or before (e.g. timed out).
   tf_verdict verdict = TF_VERDICT_DENY;
   tf_reason reason = TF_REASON_ATTESTATION_TIMEOUT;
-  for (auto it = decided_.rbegin(); it != decided_.rend(); ++it) {
-    if (it->cookie != cookie) continue;
-    verdict = it->update.verdict;
-    reason = it->update.reason;
-    break;
+  if (auto it = conns_.find(cookie); it != conns_.end() && it->second.decided) {
+    verdict = static_cast<tf_verdict>(it->second.conn.verdict);
+    reason = static_cast<tf_reason>(it->second.conn.reason);
+  } else {
+    for (auto d = decided_.rbegin(); d != decided_.rend(); ++d) {
+      if (d->cookie != cookie) continue;
+      verdict = d->update.verdict;
+      reason = d->update.reason;
+      break;
+    }
   }
-  if (conn.conn.verdict != TF_VERDICT_PENDING) {
-    verdict = static_cast<tf_verdict>(conn.conn.verdict);
-    reason = static_cast<tf_reason>(conn.conn.reason);
-  }
-  channel.send(
-      AttestResponse{request.request_id, workloads_.lookup(conn.conn.cgroup_id), verdict, reason});
+  channel.send(AttestResponse{request.request_id, workloads_.lookup(cgroup_id), verdict, reason});
 }
 
 void Attestor::handle_response(Channel& channel, const AttestResponse& response) {
@@ -503,11 +523,13 @@ void Attestor::decide(datapath::Cookie cookie, tf_verdict verdict, tf_reason rea
       .generation = options_.generation,
       .decided_ns = datapath::monotonic_ns(),
   };
-  decided_.push_back(Decided{cookie, conn->conn, update, peer ? peer->str() : "", std::move(detail)});
+  decided_.push_back(Decided{cookie, conn->closed, conn->conn, update, peer ? peer->str() : "",
+                             std::move(detail)});
   conn->conn.verdict = static_cast<std::uint8_t>(verdict);
   conn->conn.reason = static_cast<std::uint8_t>(reason);
   conn->conn.peer_id = update.peer_id;
   conn->conn.peer_trust_domain = update.peer_trust_domain;
+  if (conn->closed) forget(cookie);
 }
 
 // --- stats ---------------------------------------------------------------------

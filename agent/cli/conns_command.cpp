@@ -181,8 +181,7 @@ Result<json> stats_from_maps(const config::ClientPaths& paths) {
   if (!per_cpu) return std::unexpected(per_cpu.error());
   auto entries = maps->conns->snapshot();
   if (!entries) return std::unexpected(entries.error());
-  return api::datapath_stats_json(datapath::sum_stats(*per_cpu), *entries,
-                                  maps->conns->capacity());
+  return api::datapath_stats_json(datapath::sum_stats(*per_cpu), *entries, maps->conns->capacity());
 }
 
 Error malformed(const config::ClientPaths& paths, const char* what) {
@@ -190,13 +189,13 @@ Error malformed(const config::ClientPaths& paths, const char* what) {
 }
 
 Result<json> conns_rows(const CommonArgs& args, const config::ClientPaths& paths) {
-  auto reply = ask_agent(paths, {{"command", "conns"}, {"include_closed", args.closed}},
-                         Command::kConns);
+  auto reply =
+      ask_agent(paths, {{"command", "conns"}, {"include_closed", args.closed}}, Command::kConns);
   if (!reply) return std::unexpected(reply.error());
   if (!*reply) {
     if (args.closed)
-      return fail(Errc::kNotFound, "--closed: closed connections need the running agent, and none "
-                                   "answers on " + paths.api_socket);
+      return fail(Errc::kNotFound,
+                  "--closed: closed connections need the running agent (" + paths.api_socket + ")");
     return rows_from_maps(paths);
   }
   auto rows = (*reply)->find("connections");

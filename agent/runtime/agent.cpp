@@ -191,8 +191,13 @@ class NodeAgent {
       if (attestor_) attestor_->on_new(ev.cookie, ev.conn);
       return;
     }
-    if (attestor_) attestor_->on_close(ev.cookie);
-    remember_closed(ev.cookie, ev.conn, ev.timestamp_ns);
+    tf_conn conn = ev.conn;
+    if (attestor_) {
+      // Closed before our verdict reached the kernel: record the verdict.
+      if (auto known = attestor_->on_close(ev.cookie); known && conn.verdict == TF_VERDICT_PENDING)
+        conn = *known;
+    }
+    remember_closed(ev.cookie, conn, ev.timestamp_ns);
   }
 
   void remember_closed(datapath::Cookie cookie, const tf_conn& conn, std::uint64_t at_ns) {
@@ -207,9 +212,16 @@ class NodeAgent {
     if (decisions.empty()) return;
     std::vector<std::pair<datapath::Cookie, datapath::VerdictUpdate>> batch;
     batch.reserve(decisions.size());
-    for (const auto& d : decisions) batch.emplace_back(d.cookie, d.update);
-    if (auto applied = dp_.apply_verdicts(batch); !applied)
-      spdlog::error("writing {} verdicts: {}", batch.size(), applied.error().message);
+    for (const auto& d : decisions) {
+      if (d.closed)
+        record_closed_verdict(d.cookie, d.update);
+      else
+        batch.emplace_back(d.cookie, d.update);
+    }
+    if (!batch.empty()) {
+      if (auto applied = dp_.apply_verdicts(batch); !applied)
+        spdlog::error("writing {} verdicts: {}", batch.size(), applied.error().message);
+    }
     for (const auto& d : decisions) {
       auto line = fmt::format("{} {} {} -> {} cookie={} peer={} reason={}: {}",
                               to_string(d.update.verdict),
@@ -221,11 +233,20 @@ class NodeAgent {
         spdlog::debug("{}", line);
         continue;
       }
-      spdlog::warn("{}", line);
-      if (config_.datapath.mode != TF_MODE_ENFORCE) continue;
+      spdlog::warn("{}{}", line, d.closed ? " (already closed by the peer)" : "");
+      if (config_.datapath.mode != TF_MODE_ENFORCE || d.closed) continue;
       // The application learns of the denial now, not at its next timeout.
       if (auto destroyed = datapath::destroy_socket(d.conn.tuple, d.cookie); !destroyed)
         spdlog::error("destroying denied socket {}: {}", d.cookie, destroyed.error().message);
+    }
+  }
+
+  // A verdict reached after the socket closed completes its history entry.
+  void record_closed_verdict(datapath::Cookie cookie, const datapath::VerdictUpdate& update) {
+    for (auto it = closed_.rbegin(); it != closed_.rend(); ++it) {
+      if (it->cookie != cookie) continue;
+      datapath::apply(update, it->conn);
+      return;
     }
   }
 

@@ -26,11 +26,14 @@ constexpr std::uint16_t kSocatPort = 9000;
 constexpr int kCurlRecvFailure = 56;
 constexpr int kCurlEmptyReply = 52;
 constexpr int kCurlSendFailure = 55;
+constexpr int kCurlConnectFailure = 7;
 
-// How curl reports a connection the far end or our own agent cut.
+// How curl reports a connection the far end or our own agent cut: reset
+// or aborted, never timed out (28). A reset that lands before curl has
+// checked its non-blocking connect is reported as a failed connect.
 bool cut_short(int curl_exit) {
   return curl_exit == kCurlRecvFailure || curl_exit == kCurlEmptyReply ||
-         curl_exit == kCurlSendFailure;
+         curl_exit == kCurlSendFailure || curl_exit == kCurlConnectFailure;
 }
 
 std::string sha256_file(const std::string& path) {

@@ -122,6 +122,7 @@ class Server {
   ino_t socket_ino_ = 0;
   uid_t own_euid_ = 0;
   std::optional<gid_t> group_;
+  std::string group_name_;  // as configured, for messages
   std::unordered_map<ClientId, std::unique_ptr<Client>> clients_;
   ClientId next_client_ = 1;
   ServerStats stats_;

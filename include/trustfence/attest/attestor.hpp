@@ -52,6 +52,9 @@ namespace trustfence::attest {
 // One verdict for the kernel, with what the log line needs.
 struct Decided {
   datapath::Cookie cookie;
+  // The socket closed before its verdict (the other side was faster): the
+  // verdict is for the record only, not for the kernel.
+  bool closed = false;
   tf_conn conn;  // as tracked, before the verdict
   datapath::VerdictUpdate update;
   std::string peer;    // SPIFFE ID, or empty
@@ -85,7 +88,9 @@ class Attestor {
 
   // From tf_events (or a table scan after a restart or lost events).
   void on_new(datapath::Cookie cookie, const tf_conn& conn);
-  void on_close(datapath::Cookie cookie);
+  // Returns the connection as the attestor last knew it when it had
+  // decided it already (the close may have overtaken the verdict's write).
+  std::optional<tf_conn> on_close(datapath::Cookie cookie);
   bool tracks(datapath::Cookie cookie) const { return conns_.contains(cookie); }
 
   // A connection accepted on the listen socket.
@@ -103,6 +108,7 @@ class Attestor {
     tf_conn conn;
     ConnTuple local;
     bool decided = false;
+    bool closed = false;  // kept until decided or its deadline
     std::optional<runtime::EventLoop::TimerId> deadline;
   };
   struct PeerSlot {
@@ -150,6 +156,7 @@ class Attestor {
   void decide_by_policy(datapath::Cookie cookie, const identity::SpiffeId& peer,
                         std::string detail);
   Conn* pending(datapath::Cookie cookie);
+  void forget(datapath::Cookie cookie);
   Channel* channel_by_id(std::uint64_t id);
 
   runtime::EventLoop& loop_;

@@ -100,8 +100,9 @@ TEST(DatapathStatsJson, CountsVerdictsAndKeepsNonZeroPackets) {
   std::vector<std::pair<datapath::Cookie, tf_conn>> entries = {
       {1, allowed}, {2, allowed}, {3, pending}};
   json out = api::datapath_stats_json(total, entries, 1024);
-  EXPECT_EQ(out["connections"],
-            (json{{"tracked", 3}, {"capacity", 1024}, {"by_verdict", {{"allow", 2}, {"pending", 1}}}}));
+  EXPECT_EQ(
+      out["connections"],
+      (json{{"tracked", 3}, {"capacity", 1024}, {"by_verdict", {{"allow", 2}, {"pending", 1}}}}));
   ASSERT_EQ(out["packets"].size(), 1u) << out.dump();
   EXPECT_EQ(out["packets"].begin().value().begin().value().begin().value(), 5);
   EXPECT_EQ(out["counters"].size(), static_cast<std::size_t>(TF_COUNTER_COUNT));

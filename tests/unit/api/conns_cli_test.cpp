@@ -6,8 +6,8 @@
 
 #include <mutex>
 
-#include "unit/api/serving_loop.hpp"
 #include "support/process.hpp"
+#include "unit/api/serving_loop.hpp"
 
 namespace trustfence::testing {
 namespace {
@@ -19,16 +19,15 @@ using ::testing::Not;
 
 json row(std::uint64_t cookie, const char* verdict, json peer_id, json peer_td, const char* state,
          std::uint64_t age_ms) {
-  return json{{"cookie", cookie},          {"direction", "outbound"},
-              {"local", "10.0.0.1:40000"}, {"remote", "10.0.0.2:443"},
-              {"peer_id", peer_id},        {"peer_trust_domain", peer_td},
-              {"verdict", verdict},        {"reason", "alias-domain"},
-              {"age_ms", age_ms},          {"cgroup_id", 7},
-              {"generation", 1},           {"state", state}};
+  return json{
+      {"cookie", cookie},         {"direction", "outbound"},  {"local", "10.0.0.1:40000"},
+      {"remote", "10.0.0.2:443"}, {"peer_id", peer_id},       {"peer_trust_domain", peer_td},
+      {"verdict", verdict},       {"reason", "alias-domain"}, {"age_ms", age_ms},
+      {"cgroup_id", 7},           {"generation", 1},          {"state", state}};
 }
 
-const json kAllowed = row(11, "allow", "spiffe://team-b.eks.local/ns/auth/sa/auth",
-                          "team-b.eks.local", "open", 50);
+const json kAllowed =
+    row(11, "allow", "spiffe://team-b.eks.local/ns/auth/sa/auth", "team-b.eks.local", "open", 50);
 const json kDenied =
     row(22, "deny", "spiffe://team-c.local/ns/x/sa/y", "team-c.local", "closed", 900);
 const json kPending = row(33, "pending", nullptr, nullptr, "open", 10);

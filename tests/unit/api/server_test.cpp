@@ -18,9 +18,9 @@
 #include <fstream>
 #include <vector>
 
-#include "unit/api/serving_loop.hpp"
 #include "support/privileges.hpp"
 #include "trustfence/api/client.hpp"
+#include "unit/api/serving_loop.hpp"
 
 namespace trustfence::testing {
 namespace {
@@ -127,7 +127,8 @@ TEST_F(ServerTest, AnswersARequestAndCloses) {
 TEST_F(ServerTest, ServesRequestsOneAfterAnother) {
   serve();
   for (int i = 0; i < 2; ++i) {
-    auto reply = api::call(config_.socket, {{"command", "conn"}, {"cookie", i}}, milliseconds(5000));
+    auto reply =
+        api::call(config_.socket, {{"command", "conn"}, {"cookie", i}}, milliseconds(5000));
     ASSERT_TRUE(reply) << reply.error().message;
     EXPECT_EQ((*reply)["echo"]["cookie"], i);
   }
@@ -173,10 +174,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadRequest{"string", "\"conns\"\n", "request must be a JSON object"},
         BadRequest{"no_command", "{}\n", "request has no \"command\" string"},
         BadRequest{"command_not_string", "{\"command\":7}\n", "request has no \"command\" string"},
-        BadRequest{"too_deep",
-                   "{\"command\":\"x\",\"a\":" + std::string(1000, '[') + std::string(1000, ']') +
-                       "}\n",
-                   "request nested deeper than"},
+        BadRequest{
+            "too_deep",
+            "{\"command\":\"x\",\"a\":" + std::string(1000, '[') + std::string(1000, ']') + "}\n",
+            "request nested deeper than"},
         BadRequest{"invalid_utf8", "{\"command\":\"\xff\"}\n", "request is not valid JSON"}),
     [](const auto& info) { return info.param.name; });
 
@@ -438,15 +439,15 @@ TEST_P(ProcStatusGroups, Parses) {
 
 INSTANTIATE_TEST_SUITE_P(
     Table, ProcStatusGroups,
-    ::testing::Values(
-        StatusCase{"several", "Name:\tx\nGid:\t5\t5\t5\t5\nGroups:\t4 24 27 \nNStgid:\t1\n",
-                   std::vector<gid_t>{4, 24, 27}},
-        StatusCase{"none", "Name:\tx\nGroups:\t\nNStgid:\t1\n", std::vector<gid_t>{}},
-        StatusCase{"last_line", "Groups:\t7", std::vector<gid_t>{7}},
-        StatusCase{"missing", "Name:\tx\nGid:\t5\n", std::nullopt},
-        StatusCase{"not_at_line_start", "XGroups:\t1\n", std::nullopt},
-        StatusCase{"garbage", "Groups:\t1 two 3\n", std::nullopt},
-        StatusCase{"overflow", "Groups:\t99999999999999\n", std::nullopt}),
+    ::testing::Values(StatusCase{"several",
+                                 "Name:\tx\nGid:\t5\t5\t5\t5\nGroups:\t4 24 27 \nNStgid:\t1\n",
+                                 std::vector<gid_t>{4, 24, 27}},
+                      StatusCase{"none", "Name:\tx\nGroups:\t\nNStgid:\t1\n", std::vector<gid_t>{}},
+                      StatusCase{"last_line", "Groups:\t7", std::vector<gid_t>{7}},
+                      StatusCase{"missing", "Name:\tx\nGid:\t5\n", std::nullopt},
+                      StatusCase{"not_at_line_start", "XGroups:\t1\n", std::nullopt},
+                      StatusCase{"garbage", "Groups:\t1 two 3\n", std::nullopt},
+                      StatusCase{"overflow", "Groups:\t99999999999999\n", std::nullopt}),
     [](const auto& info) { return info.param.name; });
 
 }  // namespace

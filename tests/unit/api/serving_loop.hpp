@@ -62,7 +62,8 @@ class ServingLoop {
                                   [self](std::uint32_t) { self->loop_.stop(); });
         !ok)
       return std::unexpected(ok.error());
-    serving->thread_ = std::thread([self] { self->result_ = self->loop_.run(std::chrono::seconds(1)); });
+    serving->thread_ =
+        std::thread([self] { self->result_ = self->loop_.run(std::chrono::seconds(1)); });
     return serving;
   }
 
