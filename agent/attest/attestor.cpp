@@ -135,7 +135,8 @@ void Attestor::start_inbound(datapath::Cookie cookie, Conn& conn) {
     Parked parked = std::move(p->second);
     parked_.erase(p);
     loop_.cancel(parked.timer);
-    if (Channel* channel = channel_by_id(parked.channel_id)) answer(*channel, parked.request, cookie);
+    if (Channel* channel = channel_by_id(parked.channel_id))
+      answer(*channel, parked.request, cookie);
     return;
   }
   auto remote = net::IpAddress::from_bytes(conn.local.remote_addr);
@@ -192,11 +193,11 @@ void Attestor::connect(const net::SocketAddress& agent, PeerSlot& slot) {
   if (slot.channel) return;  // connecting already
   Channel::Callbacks callbacks{
       .on_ready = [this, agent](Channel& channel) { on_channel_ready(agent, channel); },
-      .on_message = [this](Channel& channel, Message&& message) {
-        on_message(channel, std::move(message));
-      },
-      .on_closed = [this, agent](Channel& channel,
-                                 const CloseReason& reason) { on_channel_closed(agent, channel, reason); },
+      .on_message = [this](Channel& channel,
+                           Message&& message) { on_message(channel, std::move(message)); },
+      .on_closed = [this, agent](
+                       Channel& channel,
+                       const CloseReason& reason) { on_channel_closed(agent, channel, reason); },
   };
   auto channel = Channel::connect(loop_, client_, agent, std::exchange(slot.session, std::nullopt),
                                   std::move(callbacks), options_.limits.channel);
@@ -205,7 +206,8 @@ void Attestor::connect(const net::SocketAddress& agent, PeerSlot& slot) {
     spdlog::warn("channel to {}: {}", agent.str(), reason.detail);
     slot.last_failure = reason;
     slot.retry_at = runtime::SteadyClock::now() + options_.limits.min_backoff;
-    for (auto cookie : std::exchange(slot.waiting_outbound, {})) decide_from_failure(cookie, reason);
+    for (auto cookie : std::exchange(slot.waiting_outbound, {}))
+      decide_from_failure(cookie, reason);
     for (auto cookie : std::exchange(slot.waiting_inbound, {})) decide_from_failure(cookie, reason);
     return;
   }
@@ -254,14 +256,15 @@ void Attestor::on_channel_closed(const net::SocketAddress& agent, Channel& chann
     }
   }
   if (was_ready && reason.kind != Kind::kViolation && reason.kind != Kind::kOverflow) {
-    spdlog::info("channel to {} closed ({}: {}); reconnecting", agent.str(),
-                 to_string(reason.kind), reason.detail);
+    spdlog::info("channel to {} closed ({}: {}); reconnecting", agent.str(), to_string(reason.kind),
+                 reason.detail);
     for (auto cookie : resend) slot.waiting_outbound.push_back(cookie);
     if (!slot.waiting_outbound.empty()) connect(agent, slot);
     return;
   }
   spdlog::warn("channel to {} failed ({}: {})", agent.str(), to_string(reason.kind), reason.detail);
-  slot.backoff = std::clamp(slot.backoff * 2, options_.limits.min_backoff, options_.limits.max_backoff);
+  slot.backoff =
+      std::clamp(slot.backoff * 2, options_.limits.min_backoff, options_.limits.max_backoff);
   slot.retry_at = runtime::SteadyClock::now() + slot.backoff;
   slot.last_failure = reason;
   for (auto cookie : resend) decide_from_failure(cookie, reason);
@@ -293,14 +296,13 @@ void Attestor::accept(UniqueFd fd, const net::SocketAddress& from) {
             spdlog::info("channel from {} ready: peer {}{}", channel.remote().str(),
                          channel.peer()->id.str(), channel.resumed() ? " (resumed)" : "");
           },
-      .on_message = [this](Channel& channel, Message&& message) {
-        on_message(channel, std::move(message));
-      },
+      .on_message = [this](Channel& channel,
+                           Message&& message) { on_message(channel, std::move(message)); },
       .on_closed = [this](Channel& channel,
                           const CloseReason& reason) { on_accepted_closed(channel, reason); },
   };
-  auto channel =
-      Channel::accept(loop_, server_, std::move(fd), from, std::move(callbacks), options_.limits.channel);
+  auto channel = Channel::accept(loop_, server_, std::move(fd), from, std::move(callbacks),
+                                 options_.limits.channel);
   if (!channel) {
     spdlog::warn("channel from {}: {}", from.str(), channel.error().message);
     return;
@@ -335,7 +337,8 @@ Channel* Attestor::channel_by_id(std::uint64_t id) {
   if (auto it = accepted_.find(id); it != accepted_.end() && it->second->ready())
     return it->second.get();
   for (auto& [agent, slot] : peers_)
-    if (slot.channel && slot.channel->id() == id && slot.channel->ready()) return slot.channel.get();
+    if (slot.channel && slot.channel->id() == id && slot.channel->ready())
+      return slot.channel.get();
   return nullptr;
 }
 
@@ -379,8 +382,7 @@ void Attestor::handle_request(Channel& channel, const AttestRequest& request) {
     return;
   }
   auto local = by_tuple_.find(request.tuple.mirrored());
-  if (local != by_tuple_.end() &&
-      conns_.at(local->second).conn.direction == TF_DIRECTION_INBOUND) {
+  if (local != by_tuple_.end() && conns_.at(local->second).conn.direction == TF_DIRECTION_INBOUND) {
     answer(channel, request, local->second);
     return;
   }
@@ -414,8 +416,7 @@ void Attestor::answer(Channel& channel, const AttestRequest& request, datapath::
   ++counters_.requests_served;
   const auto cgroup_id = conns_.at(cookie).conn.cgroup_id;
   if (!conns_.at(cookie).decided)
-    decide_by_policy(cookie, request.workload_id,
-                     "attested by agent " + channel.peer()->id.str());
+    decide_by_policy(cookie, request.workload_id, "attested by agent " + channel.peer()->id.str());
   // Our verdict as written: just now (the entry may be gone if the socket
   // closed meanwhile), or before (e.g. timed out).
   tf_verdict verdict = TF_VERDICT_DENY;
@@ -555,7 +556,8 @@ nlohmann::json Attestor::stats() const {
                                                slot.last_failure->detail}});
     }
   }
-  for (const auto& [id, channel] : accepted_) channels.push_back(describe_channel(*channel, "inbound"));
+  for (const auto& [id, channel] : accepted_)
+    channels.push_back(describe_channel(*channel, "inbound"));
   std::size_t pending_count = 0;
   for (const auto& [cookie, conn] : conns_) pending_count += conn.decided ? 0 : 1;
   return {

@@ -29,14 +29,22 @@ void set_nodelay(int fd) {
 
 std::string_view to_string(CloseReason::Kind kind) {
   switch (kind) {
-    case CloseReason::Kind::kConnectFailed: return "connect-failed";
-    case CloseReason::Kind::kPeerRejected: return "peer-rejected";
-    case CloseReason::Kind::kHandshakeFailed: return "handshake-failed";
-    case CloseReason::Kind::kViolation: return "protocol-violation";
-    case CloseReason::Kind::kTimeout: return "timeout";
-    case CloseReason::Kind::kOverflow: return "overflow";
-    case CloseReason::Kind::kPeerClosed: return "peer-closed";
-    case CloseReason::Kind::kShutdown: return "shutdown";
+    case CloseReason::Kind::kConnectFailed:
+      return "connect-failed";
+    case CloseReason::Kind::kPeerRejected:
+      return "peer-rejected";
+    case CloseReason::Kind::kHandshakeFailed:
+      return "handshake-failed";
+    case CloseReason::Kind::kViolation:
+      return "protocol-violation";
+    case CloseReason::Kind::kTimeout:
+      return "timeout";
+    case CloseReason::Kind::kOverflow:
+      return "overflow";
+    case CloseReason::Kind::kPeerClosed:
+      return "peer-closed";
+    case CloseReason::Kind::kShutdown:
+      return "shutdown";
   }
   return "unknown";
 }
@@ -83,16 +91,16 @@ Result<std::unique_ptr<Channel>> Channel::connect(runtime::EventLoop& loop,
   }
   channel->deadline_ = loop.after(limits.handshake_timeout, [self] {
     self->deadline_.reset();
-    self->close({CloseReason::Kind::kTimeout, "no connection and handshake within " +
-                                                  std::to_string(self->limits_.handshake_timeout.count()) +
-                                                  " ms", {}});
+    self->close({CloseReason::Kind::kTimeout,
+                 "no connection and handshake within " +
+                     std::to_string(self->limits_.handshake_timeout.count()) + " ms",
+                 {}});
   });
   return channel;
 }
 
-Result<std::unique_ptr<Channel>> Channel::accept(runtime::EventLoop& loop,
-                                                 tls::TlsContext& context, UniqueFd fd,
-                                                 const net::SocketAddress& from,
+Result<std::unique_ptr<Channel>> Channel::accept(runtime::EventLoop& loop, tls::TlsContext& context,
+                                                 UniqueFd fd, const net::SocketAddress& from,
                                                  Callbacks callbacks, ChannelLimits limits) {
   std::unique_ptr<Channel> channel(new Channel(loop, from, std::move(callbacks), limits));
   set_nodelay(fd.get());
@@ -111,9 +119,10 @@ Result<std::unique_ptr<Channel>> Channel::accept(runtime::EventLoop& loop,
   }
   channel->deadline_ = loop.after(limits.handshake_timeout, [self] {
     self->deadline_.reset();
-    self->close({CloseReason::Kind::kTimeout, "handshake not finished within " +
-                                                  std::to_string(self->limits_.handshake_timeout.count()) +
-                                                  " ms", {}});
+    self->close({CloseReason::Kind::kTimeout,
+                 "handshake not finished within " +
+                     std::to_string(self->limits_.handshake_timeout.count()) + " ms",
+                 {}});
   });
   return channel;
 }
@@ -146,12 +155,13 @@ void Channel::finish_connect() {
   if (::getsockopt(connecting_fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
   if (err == EINPROGRESS || err == EALREADY) return;
   if (err != 0) {
-    close({CloseReason::Kind::kConnectFailed, describe_errno("connect to " + remote_.str(), err),
+    close({CloseReason::Kind::kConnectFailed,
+           describe_errno("connect to " + remote_.str(), err),
            {}});
     return;
   }
-  auto stream = tls::TlsStream::create(*context_, std::move(connecting_fd_),
-                                       resume_ ? &*resume_ : nullptr);
+  auto stream =
+      tls::TlsStream::create(*context_, std::move(connecting_fd_), resume_ ? &*resume_ : nullptr);
   resume_.reset();  // a session is offered once
   if (!stream) {
     close({CloseReason::Kind::kHandshakeFailed, stream.error().message, {}});
@@ -249,7 +259,8 @@ void Channel::arm_frame_timer() {
   frame_timer_ = loop_.after(limits_.frame_timeout, [this] {
     frame_timer_.reset();
     close({CloseReason::Kind::kTimeout,
-           "a frame stalled half-sent (" + std::to_string(decoder_.buffered()) + " bytes)", {}});
+           "a frame stalled half-sent (" + std::to_string(decoder_.buffered()) + " bytes)",
+           {}});
   });
 }
 
@@ -257,10 +268,10 @@ bool Channel::send(const Message& message) {
   if (state_ != State::kReady) return false;
   auto frame = encode(message);
   if (output_.size() - output_offset_ + frame.size() > limits_.max_output_bytes) {
-    close({CloseReason::Kind::kOverflow,
-           "peer does not read: " + std::to_string(output_.size() - output_offset_) +
-               " bytes queued",
-           {}});
+    close(
+        {CloseReason::Kind::kOverflow,
+         "peer does not read: " + std::to_string(output_.size() - output_offset_) + " bytes queued",
+         {}});
     return false;
   }
   output_.insert(output_.end(), frame.begin(), frame.end());
@@ -270,8 +281,8 @@ bool Channel::send(const Message& message) {
 
 void Channel::flush() {
   while (output_offset_ < output_.size()) {
-    auto result = stream_->write(
-        std::span<const std::uint8_t>(output_.data() + output_offset_, output_.size() - output_offset_));
+    auto result = stream_->write(std::span<const std::uint8_t>(output_.data() + output_offset_,
+                                                               output_.size() - output_offset_));
     if (result.status == tls::TlsStream::IoStatus::kOk) {
       output_offset_ += result.bytes;
       continue;

@@ -334,6 +334,14 @@ Result<ConnTuple> from_abi(const tf_tuple& tuple) {
   copy(tuple.remote_addr, t.remote_addr);
   t.local_port = tuple.local_port;
   t.remote_port = tuple.remote_port;
+  // An IPv4 connection of a dual-stack socket ([::] server) is reported
+  // with v4-mapped IPv6 addresses; its other end may be a plain IPv4
+  // socket. One connection, one wire form: IPv4.
+  auto mapped = [](const Address& a) {
+    return std::equal(kV4MappedPrefix.begin(), kV4MappedPrefix.end(), a.begin());
+  };
+  if (t.family == Family::kIpv6 && mapped(t.local_addr) && mapped(t.remote_addr))
+    t.family = Family::kIpv4;
   return t;
 }
 

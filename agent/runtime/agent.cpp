@@ -136,7 +136,8 @@ class NodeAgent {
       auto listener = listen_on(config_.attestation.listen);
       if (!listener) return std::unexpected(listener.error());
       listener_ = std::move(*listener);
-      if (auto ok = loop_.add(listener_.get(), EPOLLIN, [this](std::uint32_t) { accept_channels(); });
+      if (auto ok =
+              loop_.add(listener_.get(), EPOLLIN, [this](std::uint32_t) { accept_channels(); });
           !ok)
         return ok;
       spdlog::info("attesting as {} on {} ({} peers, peer-authentication {}, timeout {} ms)",
@@ -177,7 +178,8 @@ class NodeAgent {
     if (auto polled = events_->poll(0); !polled)
       spdlog::error("tf_events: {}", polled.error().message);
     if (events_->malformed() != malformed_seen_) {
-      spdlog::warn("skipped {} malformed tf_events records", events_->malformed() - malformed_seen_);
+      spdlog::warn("skipped {} malformed tf_events records",
+                   events_->malformed() - malformed_seen_);
       malformed_seen_ = events_->malformed();
     }
   }
@@ -186,8 +188,9 @@ class NodeAgent {
     if (ev.kind == TF_EVENT_NEW) {
       spdlog::debug("new {} {} -> {} cookie={} cgroup={} verdict={}",
                     to_string(static_cast<tf_direction>(ev.conn.direction)),
-                    datapath::local_endpoint(ev.conn.tuple), datapath::remote_endpoint(ev.conn.tuple),
-                    ev.cookie, ev.conn.cgroup_id, to_string(static_cast<tf_verdict>(ev.conn.verdict)));
+                    datapath::local_endpoint(ev.conn.tuple),
+                    datapath::remote_endpoint(ev.conn.tuple), ev.cookie, ev.conn.cgroup_id,
+                    to_string(static_cast<tf_verdict>(ev.conn.verdict)));
       if (attestor_) attestor_->on_new(ev.cookie, ev.conn);
       return;
     }
@@ -223,12 +226,11 @@ class NodeAgent {
         spdlog::error("writing {} verdicts: {}", batch.size(), applied.error().message);
     }
     for (const auto& d : decisions) {
-      auto line = fmt::format("{} {} {} -> {} cookie={} peer={} reason={}: {}",
-                              to_string(d.update.verdict),
-                              to_string(static_cast<tf_direction>(d.conn.direction)),
-                              datapath::local_endpoint(d.conn.tuple),
-                              datapath::remote_endpoint(d.conn.tuple), d.cookie,
-                              d.peer.empty() ? "-" : d.peer, to_string(d.update.reason), d.detail);
+      auto line = fmt::format(
+          "{} {} {} -> {} cookie={} peer={} reason={}: {}", to_string(d.update.verdict),
+          to_string(static_cast<tf_direction>(d.conn.direction)),
+          datapath::local_endpoint(d.conn.tuple), datapath::remote_endpoint(d.conn.tuple), d.cookie,
+          d.peer.empty() ? "-" : d.peer, to_string(d.update.reason), d.detail);
       if (d.update.verdict != TF_VERDICT_DENY) {
         spdlog::debug("{}", line);
         continue;
@@ -392,11 +394,12 @@ Result<void> run_agent(const config::Config& config) {
   if (!loop) return std::unexpected(loop.error());
   auto signals = termination_signals();
   if (!signals) return std::unexpected(signals.error());
-  if (auto ok = loop->add(signals->get(), EPOLLIN,
-                          [&](std::uint32_t) {
-                            spdlog::info("stopping; the datapath stays attached and keeps enforcing");
-                            loop->stop();
-                          });
+  if (auto ok =
+          loop->add(signals->get(), EPOLLIN,
+                    [&](std::uint32_t) {
+                      spdlog::info("stopping; the datapath stays attached and keeps enforcing");
+                      loop->stop();
+                    });
       !ok)
     return ok;
 

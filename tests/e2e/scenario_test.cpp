@@ -120,7 +120,9 @@ class SeedScenario : public ::testing::TestWithParam<Family> {
     start(spec(2, extra_cluster3));
   }
 
-  // python3 http.server serving dir_ in node's netns (and cgroup).
+  // python3 http.server serving dir_ in node's netns (and cgroup), on a
+  // dual-stack socket: its IPv4 connections are reported v4-mapped, and
+  // must still match the client's plain IPv4 socket.
   Child serve_http(const std::string& netns, const std::string& cgroup) {
     auto server = spawn(
         {.netns = netns,
@@ -270,8 +272,7 @@ TEST_P(SeedScenario, SelectiveAccessLetsInOneIdentityOfAThirdDomain) {
                  clusters_[0].agent_id(), "team-a.gke.local");
 
   auto [denied_code, denied_sha] = fetch(n3.netns(), n3.cgroup("web"), 0, "3");
-  EXPECT_TRUE(cut_short(denied_code))
-      << "curl exit " << denied_code;
+  EXPECT_TRUE(cut_short(denied_code)) << "curl exit " << denied_code;
   expect_verdict(decided_conn(n1, "inbound", 2, kHttpPort), "deny", "domain-not-allowed", web,
                  "team-c.local");
 }

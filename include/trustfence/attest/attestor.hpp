@@ -187,7 +187,7 @@ class Attestor {
     std::uint64_t foreign_vouching = 0;  // an agent vouched outside its domain
     std::uint64_t wrong_agent = 0;       // a request from an agent not answering for the client
     std::uint64_t unmatched_requests = 0;
-    std::uint64_t handshakes_refused = 0;  // over the handshake caps
+    std::uint64_t handshakes_refused = 0;                 // over the handshake caps
     std::map<std::string, std::uint64_t> channel_closes;  // by CloseReason kind
   } counters_;
 };

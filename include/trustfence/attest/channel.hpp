@@ -68,9 +68,8 @@ class Channel {
                                                   std::optional<tls::ClientSession> resume,
                                                   Callbacks callbacks, ChannelLimits limits = {});
   // Acceptor: a socket accept() returned.
-  static Result<std::unique_ptr<Channel>> accept(runtime::EventLoop& loop,
-                                                 tls::TlsContext& context, UniqueFd fd,
-                                                 const net::SocketAddress& from,
+  static Result<std::unique_ptr<Channel>> accept(runtime::EventLoop& loop, tls::TlsContext& context,
+                                                 UniqueFd fd, const net::SocketAddress& from,
                                                  Callbacks callbacks, ChannelLimits limits = {});
 
   Channel(const Channel&) = delete;
@@ -111,8 +110,8 @@ class Channel {
   ChannelLimits limits_;
   std::uint64_t id_;
   State state_ = State::kConnecting;
-  UniqueFd connecting_fd_;               // until connect completes
-  tls::TlsContext* context_ = nullptr;   // for the stream made after connect
+  UniqueFd connecting_fd_;              // until connect completes
+  tls::TlsContext* context_ = nullptr;  // for the stream made after connect
   std::optional<tls::ClientSession> resume_;
   std::optional<tls::TlsStream> stream_;
   int watched_fd_ = -1;

@@ -471,6 +471,30 @@ TEST(ConnTuple, FromAbiIpv6) {
   EXPECT_EQ(std::memcmp(&back, &abi, sizeof abi), 0);
 }
 
+// A [::] server's IPv4 connection: the same connection as the client's
+// AF_INET socket sees it, mirrored.
+TEST(ConnTuple, FromAbiDualStackIpv4IsTheIpv4Connection) {
+  tf_tuple abi{};
+  abi.family = AF_INET6;
+  inet_pton(AF_INET6, "::ffff:10.0.2.3", abi.local_addr);
+  inet_pton(AF_INET6, "::ffff:10.0.1.2", abi.remote_addr);
+  abi.local_port = 8080;
+  abi.remote_port = 40112;
+  auto t = trustfence::attest::from_abi(abi);
+  ASSERT_TRUE(t.has_value()) << t.error().message;
+  EXPECT_EQ(*t, tuple_v4().mirrored());
+}
+
+TEST(ConnTuple, FromAbiKeepsIpv6WhenOnlyOneEndLooksMapped) {
+  tf_tuple abi{};
+  abi.family = AF_INET6;
+  inet_pton(AF_INET6, "::ffff:10.0.2.3", abi.local_addr);
+  inet_pton(AF_INET6, "fd00::1", abi.remote_addr);
+  auto t = trustfence::attest::from_abi(abi);
+  ASSERT_TRUE(t.has_value()) << t.error().message;
+  EXPECT_EQ(t->family, trustfence::attest::Family::kIpv6);
+}
+
 TEST(ConnTuple, FromAbiRefusesOtherFamilies) {
   tf_tuple abi{};
   abi.family = AF_UNIX;

@@ -1,0 +1,134 @@
+// SPIFFE IDs and trust domains as the small numbers the kernel stores: a
+// hash of the text, so the same across agent restarts.
+
+#include "trustfence/identity/interner.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+namespace trustfence::identity {
+namespace {
+
+// The reference FNV-1a, to find colliding texts.
+std::uint32_t fnv1a(std::string_view text) {
+  std::uint32_t hash = 2166136261u;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 16777619u;
+  }
+  return hash;
+}
+
+// Two distinct texts of one hash (a birthday search: ~2^16 tries).
+std::optional<std::pair<std::string, std::string>> colliding_texts() {
+  std::unordered_map<std::uint32_t, std::string> seen;
+  for (int i = 0; i < 4'000'000; ++i) {
+    std::string text = "spiffe://team-a.gke.local/w/" + std::to_string(i);
+    auto [it, fresh] = seen.emplace(fnv1a(text), text);
+    if (!fresh) return std::pair{it->second, text};
+  }
+  return std::nullopt;
+}
+
+TEST(Interner, EmptyTextIsZeroAndNotStored) {
+  Interner interner;
+  EXPECT_EQ(interner.intern(""), 0u);
+  EXPECT_EQ(interner.size(), 0u);
+  EXPECT_EQ(interner.name(0), std::nullopt);
+}
+
+TEST(Interner, SameTextSameIdAndNameRoundTrips) {
+  Interner interner;
+  const std::string texts[] = {
+      "spiffe://team-a.gke.local/ns/web/sa/curl",
+      "spiffe://team-a.gke.local/ns/web/sa/curl2",
+      "spiffe://team-b.eks.local/ns/web/sa/curl",
+      "team-a.gke.local",
+      "team-b.eks.local",
+      "x",
+  };
+  std::set<std::uint32_t> ids;
+  for (const auto& text : texts) {
+    const std::uint32_t id = interner.intern(text);
+    EXPECT_NE(id, 0u) << text;
+    EXPECT_EQ(interner.intern(text), id) << text;
+    EXPECT_EQ(interner.intern(std::string_view(text)), id) << text;
+    EXPECT_EQ(interner.name(id), text);
+    ids.insert(id);
+  }
+  EXPECT_EQ(ids.size(), std::size(texts)) << "distinct texts, distinct ids";
+  EXPECT_EQ(interner.size(), std::size(texts));
+}
+
+TEST(Interner, UnknownIdHasNoName) {
+  Interner interner;
+  const std::uint32_t id = interner.intern("spiffe://team-a.gke.local/ns/web/sa/curl");
+  EXPECT_EQ(interner.name(id + 1), std::nullopt);
+  EXPECT_EQ(interner.name(0), std::nullopt);
+}
+
+// The kernel's pinned maps outlive the agent: a restarted agent must give
+// the same text the same number, whatever order it sees texts in.
+TEST(Interner, IdsAreAStableHashAcrossInstancesAndOrders) {
+  const std::string texts[] = {"spiffe://team-a.gke.local/ns/web/sa/curl",
+                               "spiffe://team-b.eks.local/node/agent-2", "team-a.gke.local"};
+  Interner first;
+  Interner second;
+  for (const auto& text : texts) first.intern(text);
+  for (auto it = std::rbegin(texts); it != std::rend(texts); ++it) second.intern(*it);
+  for (const auto& text : texts) {
+    EXPECT_EQ(first.intern(text), second.intern(text)) << text;
+    EXPECT_EQ(first.intern(text), fnv1a(text)) << text;
+  }
+  // Pinned values (FNV-1a 32), so a change of hash shows up here.
+  Interner fresh;
+  EXPECT_EQ(fresh.intern("a"), 0xe40c292cu);
+  EXPECT_EQ(fresh.intern("foobar"), 0xbf9cf968u);
+}
+
+TEST(Interner, ACollisionMovesToTheNextFreeNumber) {
+  const auto pair = colliding_texts();
+  ASSERT_TRUE(pair.has_value()) << "no FNV-1a collision found";
+  const auto& [a, b] = *pair;
+  const std::uint32_t hash = fnv1a(a);
+  ASSERT_EQ(fnv1a(b), hash);
+  ASSERT_NE(hash + 1, 0u);
+
+  Interner interner;
+  EXPECT_EQ(interner.intern(a), hash);
+  EXPECT_EQ(interner.intern(b), hash + 1);
+  EXPECT_EQ(interner.intern(a), hash);
+  EXPECT_EQ(interner.intern(b), hash + 1);
+  EXPECT_EQ(interner.name(hash), a);
+  EXPECT_EQ(interner.name(hash + 1), b);
+
+  // First come, first served: the other order swaps the numbers.
+  Interner reversed;
+  EXPECT_EQ(reversed.intern(b), hash);
+  EXPECT_EQ(reversed.intern(a), hash + 1);
+}
+
+TEST(Interner, BeyondTheCapNewTextsGetZero) {
+  Interner interner;
+  for (std::size_t i = 0; i < Interner::kMaxEntries; ++i)
+    ASSERT_NE(interner.intern("w/" + std::to_string(i)), 0u) << i;
+  ASSERT_EQ(interner.size(), Interner::kMaxEntries);
+
+  EXPECT_EQ(interner.intern("spiffe://team-a.gke.local/one/too/many"), 0u);
+  EXPECT_EQ(interner.size(), Interner::kMaxEntries);
+  // Texts already known keep their numbers.
+  const std::uint32_t known = interner.intern("w/0");
+  EXPECT_NE(known, 0u);
+  EXPECT_EQ(interner.name(known), "w/0");
+  const std::string last = "w/" + std::to_string(Interner::kMaxEntries - 1);
+  EXPECT_EQ(interner.name(interner.intern(last)), last);
+}
+
+}  // namespace
+}  // namespace trustfence::identity
