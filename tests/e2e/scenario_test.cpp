@@ -6,14 +6,17 @@
 // Every node holds every bundle (federation); policy decides.
 
 #include <gtest/gtest.h>
+#include <openssl/pem.h>
 #include <openssl/sha.h>
 
 #include <fstream>
 #include <random>
+#include <sstream>
 
 #include "support/e2e/cluster.hpp"
 #include "support/kernel/assert_ok.hpp"
 #include "support/privileges.hpp"
+#include "support/process.hpp"
 
 namespace trustfence::testing::e2e {
 namespace {
@@ -48,6 +51,14 @@ std::string sha256_file(const std::string& path) {
     hex += buf;
   }
   return hex;
+}
+
+std::string key_pem(EVP_PKEY* key) {
+  tls::BioPtr bio(BIO_new(BIO_s_mem()));
+  PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr);
+  char* data = nullptr;
+  long size = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<std::size_t>(size));
 }
 
 std::vector<Cluster> make_clusters() {
@@ -335,6 +346,104 @@ TEST_P(SeedScenario, ANodeWithoutAnAgentIsDeniedWhenStrictAndAllowedWhenPermissi
     expect_verdict(decided_conn(n1, "outbound", kNoAgent, kHttpPort), "allow",
                    "plaintext-permissive", nullptr, nullptr);
   }
+}
+
+// A peer that speaks TLS with a valid SVID on the agent port but never
+// answers an attestation: the connection is denied at attestation-timeout,
+// both when our client calls it and when its client calls us.
+TEST_P(SeedScenario, APeerAgentThatNeverAnswersIsDeniedAtTheAttestationTimeout) {
+  start(spec(0, {"trust-domain-alias = team-b.eks.local", "attestation-timeout = 1s"}));
+  AgentNode& n1 = *agents_[0];
+  const std::string mute = topology_->node(kNoAgent);
+  auto svid = clusters_[1].issue(clusters_[1].agent_id());
+  TF_ASSERT_OK(dir_->write("mute.pem", test::to_pem(svid.cert.get())));
+  TF_ASSERT_OK(dir_->write("mute.key", key_pem(svid.key.get())));
+  auto fake = spawn({.netns = mute,
+                     .argv = {"openssl", "s_server", "-quiet", "-tls1_3", "-verify", "1", "-accept",
+                              GetParam() == Family::kIpv4 ? "7400" : "[::]:7400", "-cert",
+                              dir_->path() + "/mute.pem", "-key", dir_->path() + "/mute.key"}});
+  ASSERT_TRUE(fake.has_value()) << fake.error().message;
+  TF_ASSERT_OK(wait_for_tcp_listen(mute, 7400, kReadyTimeout, &*fake));
+  {
+    auto server = serve_http(mute, "");
+    auto [code, sha] = fetch(n1.netns(), n1.cgroup(), kNoAgent, "5");
+    EXPECT_TRUE(cut_short(code)) << "curl exit " << code;
+    expect_verdict(decided_conn(n1, "outbound", kNoAgent, kHttpPort), "deny", "attestation-timeout",
+                   nullptr, nullptr);
+  }
+  {
+    auto server = serve_http(n1.netns(), n1.cgroup());
+    auto [code, sha] = fetch(mute, "", 0, "5");
+    EXPECT_TRUE(cut_short(code)) << "curl exit " << code;
+    expect_verdict(decided_conn(n1, "inbound", kNoAgent, kHttpPort), "deny", "attestation-timeout",
+                   nullptr, nullptr);
+  }
+}
+
+// Hostile input on the agent port: many connections sending garbage or
+// nothing at all. Each is closed and counted; attestation between the real
+// clusters goes on meanwhile, and the denial of a third domain is logged
+// once.
+TEST_P(SeedScenario, GarbageAndStalledHandshakesDoNotStopAttestation) {
+  start_clusters();
+  AgentNode& n1 = *agents_[0];
+  AgentNode& n2 = *agents_[1];
+  const std::string target = ip(0);
+  auto flood = spawn({.netns = topology_->node(kNoAgent),
+                      .argv = {"python3", "-c", R"PY(
+import socket, sys, time
+conns = []
+for i in range(150):
+    try:
+        s = socket.create_connection((sys.argv[1], 7400), timeout=2)
+    except OSError:
+        continue
+    if i % 3 == 0:
+        s.sendall(b"\x16\x03\x01\x02\x00" + bytes(range(256)) * 4)
+    elif i % 3 == 1:
+        s.sendall(b"tfat" + b"\xff" * 64)
+    conns.append(s)
+time.sleep(6)
+)PY",
+                               target}});
+  ASSERT_TRUE(flood.has_value()) << flood.error().message;
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  {
+    auto server = serve_http(n1.netns(), n1.cgroup());
+    for (int i = 0; i < 5; ++i) {
+      auto [code, sha] = fetch(n2.netns(), n2.cgroup(), 0);
+      EXPECT_EQ(code, 0);
+      EXPECT_EQ(sha, payload_sha());
+    }
+  }
+  expect_verdict(decided_conn(n1, "inbound", 1, kHttpPort), "allow", "alias-domain",
+                 clusters_[1].agent_id(), "team-b.eks.local");
+  auto stats = run_command({TF_CLI_PATH, "stats", "--json", "--api-socket", n1.api_socket()});
+  ASSERT_TRUE(stats.has_value()) << stats.error().message;
+  auto parsed = json::parse(stats->out);
+  const auto& attestation = parsed["attestation"];
+  auto closes = attestation["channel_closes"];
+  std::uint64_t hostile = attestation["handshakes_refused"].get<std::uint64_t>();
+  for (const char* kind : {"handshake-failed", "timeout", "peer-closed"})
+    hostile += closes.value(kind, std::uint64_t{0});
+  EXPECT_GE(hostile, 50u) << parsed.dump(2);
+
+  // One denial, one log line.
+  auto third = serve_http(n1.netns(), n1.cgroup());
+  AgentNode& n3 = *agents_[2];
+  auto [code, sha] = fetch(n3.netns(), n3.cgroup(), 0, "3");
+  EXPECT_TRUE(cut_short(code)) << "curl exit " << code;
+  auto row = decided_conn(n1, "inbound", 2, kHttpPort);
+  ASSERT_FALSE(row.is_null());
+  auto log = n1.log();
+  ASSERT_TRUE(log.has_value());
+  std::string needle = "cookie=" + std::to_string(row["cookie"].get<std::uint64_t>()) + " ";
+  std::size_t lines = 0;
+  std::istringstream text(*log);
+  for (std::string line; std::getline(text, line);)
+    if (line.find("] deny ") != std::string::npos && line.find(needle) != std::string::npos)
+      ++lines;
+  EXPECT_EQ(lines, 1u) << *log;
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, SeedScenario, ::testing::Values(Family::kIpv4, Family::kIpv6),
