@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine, builds, and runs every test tier:
-# unit, bpf, kernel (as root; CI=true makes a missing privilege a failure),
+# unit, bpf, kernel and e2e (as root; CI=true makes a missing privilege a failure),
 # the unit tier again under ASan+UBSan, every libFuzzer target for a bounded
 # time (FUZZ_SECONDS, default 15), the formatting check, and a smoke run of
 # the benchmarks so they cannot rot.
@@ -12,7 +12,7 @@ bash scripts/build.sh
 build=${BUILD_DIR:-$top/build}
 
 status=0
-for tier in unit bpf kernel; do
+for tier in unit bpf kernel e2e; do
   count=$(cd "$build" && ctest -N -L "^${tier}\$" | sed -n 's/^Total Tests: //p')
   if [[ -z "$count" || "$count" -eq 0 ]]; then
     echo "test: tier '$tier' has no tests" >&2

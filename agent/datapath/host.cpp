@@ -7,6 +7,7 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <filesystem>
@@ -87,6 +88,29 @@ Result<std::uint64_t> cgroup_id(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return fail_errno("cgroup: " + path, errno);
   return static_cast<std::uint64_t>(st.st_ino);
+}
+
+Result<std::string> own_cgroup() {
+  std::ifstream in("/proc/self/cgroup");
+  if (!in) return fail_errno("reading /proc/self/cgroup", errno);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.starts_with("0::")) continue;  // the cgroup v2 hierarchy
+    auto mount = cgroup2_mount();
+    if (!mount) return mount;
+    return (fs::path(*mount) / fs::path(line.substr(3)).relative_path())
+        .lexically_normal()
+        .string();
+  }
+  return fail(Errc::kNotFound, "/proc/self/cgroup: this process is in no cgroup v2");
+}
+
+bool cgroup_contains(const std::string& ancestor, const std::string& path) {
+  auto a = fs::path(ancestor).lexically_normal();
+  auto p = fs::path(path).lexically_normal();
+  auto [a_end, p_it] = std::mismatch(a.begin(), a.end(), p.begin(), p.end());
+  // "x/" normalizes with an empty last element.
+  return a_end == a.end() || (std::next(a_end) == a.end() && a_end->empty());
 }
 
 Result<void> check_capabilities(std::uint64_t caps) {

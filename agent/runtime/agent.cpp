@@ -9,6 +9,7 @@
 #include <deque>
 #include <memory>
 #include <optional>
+#include <set>
 
 #include "trustfence/api/conn_json.hpp"
 #include "trustfence/api/server.hpp"
@@ -375,9 +376,34 @@ class NodeAgent {
   std::uint64_t events_lost_seen_ = 0;
 };
 
+// An agent inside the cgroup it enforces would hold its own channel's
+// traffic: exempt the channel ports then, and only then (an exempt port is
+// open to every workload of the cgroup).
+void exempt_own_channel(config::Config& config) {
+  if (!config.identity) return;
+  auto own = datapath::own_cgroup();
+  auto enforced = datapath::resolve_cgroup(config.datapath.cgroup);
+  if (!own || !enforced || !datapath::cgroup_contains(*enforced, *own)) return;
+  std::set<std::uint16_t> ports = {config.attestation.listen.port()};
+  for (const auto& route : config.attestation.peers) ports.insert(route.agent.port());
+  for (auto port : ports) {
+    auto rule = datapath::Exemption::parse("[::]/0:" + std::to_string(port));
+    if (!rule) continue;
+    config.datapath.exemptions.push_back(*rule);
+    spdlog::warn(
+        "the agent runs inside the cgroup it enforces ({}): port {} is exempt for every socket "
+        "of it; run the agent outside the enforced cgroup to avoid that",
+        *own, port);
+  }
+}
+
 }  // namespace
 
-Result<void> run_agent(const config::Config& config) {
+Result<void> run_agent(const config::Config& original) {
+  // A peer that goes away mid-write is an error on that channel, not a signal.
+  ::signal(SIGPIPE, SIG_IGN);
+  config::Config config = original;
+  exempt_own_channel(config);
   auto caps = datapath::effective_capabilities();
   if (!caps) return std::unexpected(caps.error());
   if (auto ok = datapath::check_capabilities(*caps); !ok) return ok;

@@ -21,6 +21,11 @@ Result<std::string> cgroup2_mount();
 Result<std::string> resolve_cgroup(const std::string& configured);
 Result<std::uint64_t> cgroup_id(const std::string& path);
 
+// This process's cgroup v2 directory (from /proc/self/cgroup).
+Result<std::string> own_cgroup();
+// Whether path is ancestor or lies below it (whole path components).
+bool cgroup_contains(const std::string& ancestor, const std::string& path);
+
 // Effective capabilities: the datapath needs CAP_BPF (or CAP_SYS_ADMIN),
 // CAP_NET_ADMIN, and CAP_PERFMON (or CAP_SYS_ADMIN) for BTF socket reads.
 Result<void> check_capabilities(std::uint64_t effective_caps);

@@ -192,3 +192,32 @@ TEST(PreparePinDir, ARelativePathIsRefused) {
 }
 
 }  // namespace
+
+namespace {
+
+struct ContainsCase {
+  const char* ancestor;
+  const char* path;
+  bool contains;
+};
+
+class CgroupContains : public ::testing::TestWithParam<ContainsCase> {};
+
+TEST_P(CgroupContains, ComparesWholePathComponents) {
+  const auto& c = GetParam();
+  EXPECT_EQ(trustfence::datapath::cgroup_contains(c.ancestor, c.path), c.contains)
+      << c.ancestor << " vs " << c.path;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, CgroupContains,
+    ::testing::Values(
+        ContainsCase{"/sys/fs/cgroup/kubepods", "/sys/fs/cgroup/kubepods", true},
+        ContainsCase{"/sys/fs/cgroup/kubepods", "/sys/fs/cgroup/kubepods/pod1", true},
+        ContainsCase{"/sys/fs/cgroup/kubepods/", "/sys/fs/cgroup/kubepods/a/b", true},
+        ContainsCase{"/sys/fs/cgroup/kubepods", "/sys/fs/cgroup/kubepods2", false},
+        ContainsCase{"/sys/fs/cgroup/kubepods", "/sys/fs/cgroup", false},
+        ContainsCase{"/sys/fs/cgroup/a/../kubepods", "/sys/fs/cgroup/kubepods/x", true},
+        ContainsCase{"/sys/fs/cgroup/kubepods", "/sys/fs/cgroup/other/kubepods", false}));
+
+}  // namespace
