@@ -61,6 +61,8 @@ po::options_description key_descriptions() {
   key("api-socket", po::value<std::string>()->default_value(kDefaultApiSocket),
       "Unix socket of the query API (mode 0600, or 0660 with api-socket-group)");
   key("api-socket-group", po::value<std::string>(), "group allowed to query the API besides root");
+  key("metrics", po::value<std::string>(),
+      "IP:PORT serving Prometheus /metrics, /healthz and /readyz over HTTP (default: off)");
   key("log-level", po::value<std::string>()->default_value("info"),
       "trace | debug | info | warn | error");
   return keys;
@@ -471,6 +473,12 @@ Result<Config> load(const std::vector<std::string>& args) {
   if (config.api.socket.size() >= sizeof(sockaddr_un{}.sun_path))
     return check.bad("api-socket", config.api.socket, "is longer than a Unix socket path may be");
   if (vm.count("api-socket-group")) config.api.group = vm["api-socket-group"].as<std::string>();
+  if (vm.count("metrics")) {
+    auto text = vm["metrics"].as<std::string>();
+    auto address = net::SocketAddress::parse(text);
+    if (!address) return check.bad("metrics", text, address.error().message);
+    config.api.metrics = *address;
+  }
 
   config.log_level = vm["log-level"].as<std::string>();
   static const std::array<std::string_view, 5> levels = {"trace", "debug", "info", "warn", "error"};

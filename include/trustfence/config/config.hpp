@@ -69,6 +69,8 @@ struct AttestationConfig {
 struct ApiConfig {
   std::string socket = kDefaultApiSocket;
   std::string group;  // empty: root only
+  // Prometheus exposition, /healthz and /readyz over HTTP; none: off.
+  std::optional<net::SocketAddress> metrics;
 };
 
 struct Config {
