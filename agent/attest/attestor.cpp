@@ -26,10 +26,10 @@ bool is_loopback(const net::IpAddress& address) {
 Attestor::Attestor(runtime::EventLoop& loop, tls::TlsContext& client, tls::TlsContext& server,
                    identity::Interner& interner, WorkloadIdentities& workloads, Options options)
     : loop_(loop),
-      client_(client),
-      server_(server),
+      client_(&client),
+      server_(&server),
       interner_(interner),
-      workloads_(workloads),
+      workloads_(&workloads),
       options_(std::move(options)),
       policy_(options_.rules) {}
 
@@ -199,7 +199,7 @@ void Attestor::connect(const net::SocketAddress& agent, PeerSlot& slot) {
                        Channel& channel,
                        const CloseReason& reason) { on_channel_closed(agent, channel, reason); },
   };
-  auto channel = Channel::connect(loop_, client_, agent, std::exchange(slot.session, std::nullopt),
+  auto channel = Channel::connect(loop_, *client_, agent, std::exchange(slot.session, std::nullopt),
                                   std::move(callbacks), options_.limits.channel);
   if (!channel) {
     CloseReason reason{Kind::kConnectFailed, channel.error().message, {}};
@@ -221,6 +221,10 @@ void Attestor::on_channel_ready(const net::SocketAddress& agent, Channel& channe
   spdlog::info("channel to {} ready: peer {}{}", agent.str(), channel.peer()->id.str(),
                channel.resumed() ? " (resumed)" : "");
   slot.waiting_inbound.clear();  // their attestations come from the peer
+  if (!slot.revalidating.empty())
+    spdlog::info("peer agent {} still verifies: {} connections keep their verdict",
+                 channel.peer()->id.str(), slot.revalidating.size());
+  slot.revalidating.clear();
   for (auto cookie : std::exchange(slot.waiting_outbound, {}))
     if (pending(cookie)) send_request(slot, agent, cookie);
 }
@@ -232,7 +236,7 @@ void Attestor::send_request(PeerSlot& slot, const net::SocketAddress& agent,
   std::uint64_t id = next_request_id_++;
   inflight_.emplace(id, Inflight{cookie, slot.channel->id(), agent});
   ++counters_.requests_sent;
-  slot.channel->send(AttestRequest{id, conn->local, workloads_.lookup(conn->conn.cgroup_id)});
+  slot.channel->send(AttestRequest{id, conn->local, workloads_->lookup(conn->conn.cgroup_id)});
 }
 
 void Attestor::on_channel_closed(const net::SocketAddress& agent, Channel& channel,
@@ -270,6 +274,15 @@ void Attestor::on_channel_closed(const net::SocketAddress& agent, Channel& chann
   for (auto cookie : resend) decide_from_failure(cookie, reason);
   for (auto cookie : std::exchange(slot.waiting_outbound, {})) decide_from_failure(cookie, reason);
   for (auto cookie : std::exchange(slot.waiting_inbound, {})) decide_from_failure(cookie, reason);
+  auto revalidating = std::exchange(slot.revalidating, {});
+  if (reason.kind == Kind::kPeerRejected) {
+    for (auto cookie : revalidating)
+      redecide(cookie, TF_VERDICT_DENY, TF_REASON_REVOKED,
+               "peer agent no longer verifies: " + reason.detail);
+  } else if (!revalidating.empty()) {
+    spdlog::warn("could not re-verify peer agent {} ({}); {} connections keep their verdict",
+                 agent.str(), reason.detail, revalidating.size());
+  }
 }
 
 // --- channels peers open -----------------------------------------------------
@@ -301,7 +314,7 @@ void Attestor::accept(UniqueFd fd, const net::SocketAddress& from) {
       .on_closed = [this](Channel& channel,
                           const CloseReason& reason) { on_accepted_closed(channel, reason); },
   };
-  auto channel = Channel::accept(loop_, server_, std::move(fd), from, std::move(callbacks),
+  auto channel = Channel::accept(loop_, *server_, std::move(fd), from, std::move(callbacks),
                                  options_.limits.channel);
   if (!channel) {
     spdlog::warn("channel from {}: {}", from.str(), channel.error().message);
@@ -432,7 +445,7 @@ void Attestor::answer(Channel& channel, const AttestRequest& request, datapath::
       break;
     }
   }
-  channel.send(AttestResponse{request.request_id, workloads_.lookup(cgroup_id), verdict, reason});
+  channel.send(AttestResponse{request.request_id, workloads_->lookup(cgroup_id), verdict, reason});
 }
 
 void Attestor::handle_response(Channel& channel, const AttestResponse& response) {
@@ -473,8 +486,8 @@ void Attestor::decide_same_node(datapath::Cookie outbound, datapath::Cookie inbo
   Conn* in = pending(inbound);
   ++counters_.decided_locally;
   // Copy the IDs: lookup may rescan and the Conn pointers stay valid.
-  auto server_id = workloads_.lookup(conns_.at(inbound).conn.cgroup_id);
-  auto client_id = workloads_.lookup(conns_.at(outbound).conn.cgroup_id);
+  auto server_id = workloads_->lookup(conns_.at(inbound).conn.cgroup_id);
+  auto client_id = workloads_->lookup(conns_.at(outbound).conn.cgroup_id);
   if (out) decide_by_policy(outbound, server_id, "same node");
   if (in) decide_by_policy(inbound, client_id, "same node");
 }
@@ -533,6 +546,93 @@ void Attestor::decide(datapath::Cookie cookie, tf_verdict verdict, tf_reason rea
   if (conn->closed) forget(cookie);
 }
 
+// --- reload --------------------------------------------------------------------
+
+void Attestor::reconfigure(Options options, tls::TlsContext& client, tls::TlsContext& server,
+                           WorkloadIdentities& workloads,
+                           const std::set<identity::TrustDomain>& weakened_domains) {
+  options_ = std::move(options);
+  policy_ = policy::Policy(options_.rules);
+  client_ = &client;
+  server_ = &server;
+  workloads_ = &workloads;
+  // New channels for the new SVID and bundles; requests in flight on the
+  // old ones are sent again on the new.
+  for (auto& [agent, slot] : peers_) {
+    slot.session.reset();
+    slot.last_failure.reset();
+    slot.backoff = std::chrono::milliseconds(0);
+    if (slot.channel) slot.channel->close({Kind::kShutdown, "configuration reloaded", {}});
+  }
+  std::vector<std::uint64_t> accepted_ids;
+  for (const auto& [id, channel] : accepted_) accepted_ids.push_back(id);
+  for (auto id : accepted_ids)
+    if (auto it = accepted_.find(id); it != accepted_.end())
+      it->second->close({Kind::kShutdown, "configuration reloaded", {}});
+
+  std::vector<datapath::Cookie> allowed;
+  for (const auto& [cookie, conn] : conns_)
+    if (conn.decided && !conn.closed && conn.conn.verdict == TF_VERDICT_ALLOW)
+      allowed.push_back(cookie);
+  bool strict = options_.attestation.peer_authentication == config::PeerAuthentication::kStrict;
+  for (auto cookie : allowed) {
+    const Conn& conn = conns_.at(cookie);
+    auto reason = static_cast<tf_reason>(conn.conn.reason);
+    if (reason == TF_REASON_EXEMPT) continue;
+    if (reason == TF_REASON_PLAINTEXT_PERMISSIVE) {
+      if (strict)
+        redecide(cookie, TF_VERDICT_DENY, TF_REASON_REVOKED,
+                 "peer-authentication is strict now and the peer has no agent");
+      else
+        redecide(cookie, TF_VERDICT_ALLOW, reason, "still permissive");
+      continue;
+    }
+    auto name = interner_.name(conn.conn.peer_id);
+    auto peer = name ? identity::SpiffeId::parse(*name)
+                     : Result<identity::SpiffeId>(std::unexpected(Error{Errc::kNotFound, ""}));
+    if (!peer) {
+      // Decided before this agent started: the name is not known here.
+      spdlog::warn("cookie {}: peer identity unknown to this agent; verdict kept", cookie);
+      continue;
+    }
+    auto decision = policy_.decide(*peer);
+    if (decision.verdict != TF_VERDICT_ALLOW) {
+      redecide(cookie, TF_VERDICT_DENY, TF_REASON_REVOKED,
+               peer->str() + " is no longer allowed (" +
+                   std::string(trustfence::to_string(decision.reason)) + ")");
+      continue;
+    }
+    redecide(cookie, TF_VERDICT_ALLOW, decision.reason, "still allowed");
+    if (weakened_domains.contains(peer->trust_domain())) {
+      auto agent = route(net::IpAddress::from_bytes(conn.local.remote_addr));
+      PeerSlot& slot = slot_for(agent);
+      slot.revalidating.push_back(cookie);
+      connect(agent, slot);
+    }
+  }
+}
+
+void Attestor::redecide(datapath::Cookie cookie, tf_verdict verdict, tf_reason reason,
+                        std::string detail) {
+  auto it = conns_.find(cookie);
+  if (it == conns_.end() || it->second.closed) return;
+  Conn& conn = it->second;
+  if (conn.conn.verdict == TF_VERDICT_DENY) return;  // revoked already
+  datapath::VerdictUpdate update{
+      .verdict = verdict,
+      .reason = reason,
+      .peer_id = conn.conn.peer_id,
+      .peer_trust_domain = conn.conn.peer_trust_domain,
+      .generation = options_.generation,
+      .decided_ns = datapath::monotonic_ns(),
+  };
+  if (verdict == TF_VERDICT_DENY) ++counters_.revoked;
+  decided_.push_back(Decided{cookie, false, conn.conn, update,
+                             interner_.name(conn.conn.peer_id).value_or(""), std::move(detail)});
+  conn.conn.verdict = static_cast<std::uint8_t>(verdict);
+  conn.conn.reason = static_cast<std::uint8_t>(reason);
+}
+
 // --- stats ---------------------------------------------------------------------
 
 nlohmann::json Attestor::stats() const {
@@ -574,6 +674,8 @@ nlohmann::json Attestor::stats() const {
         {"wrong_agent", counters_.wrong_agent},
         {"unmatched_requests", counters_.unmatched_requests},
         {"handshakes_refused", counters_.handshakes_refused},
+        {"revoked", counters_.revoked},
+        {"generation", options_.generation},
         {"channel_closes", counters_.channel_closes}}},
   };
 }

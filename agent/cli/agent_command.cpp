@@ -44,7 +44,7 @@ int agent_command(const std::vector<std::string>& args) {
     return 2;
   }
   spdlog::set_level(spdlog::level::from_str(config->log_level));
-  if (auto ok = runtime::run_agent(*config); !ok) {
+  if (auto ok = runtime::run_agent(*config, rest); !ok) {
     spdlog::error("{}", ok.error().message);
     return 1;
   }

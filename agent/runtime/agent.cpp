@@ -19,6 +19,8 @@
 #include "trustfence/datapath/host.hpp"
 #include "trustfence/datapath/sock_destroy.hpp"
 #include "trustfence/runtime/event_loop.hpp"
+#include "trustfence/runtime/file_watch.hpp"
+#include "trustfence/runtime/node_identity.hpp"
 #include "trustfence/tls/tls_stream.hpp"
 #include "trustfence/tls/verify_cache.hpp"
 
@@ -30,11 +32,13 @@ constexpr std::size_t kClosedHistory = 1024;
 // How often the connection table is checked for events the ring lost.
 constexpr std::chrono::milliseconds kReconcileInterval{1000};
 
-Result<UniqueFd> termination_signals() {
+// SIGINT and SIGTERM stop the agent, SIGHUP reloads its configuration.
+Result<UniqueFd> agent_signals() {
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGHUP);
   if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return fail_errno("blocking signals", errno);
   int fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
   if (fd < 0) return fail_errno("signalfd", errno);
@@ -73,62 +77,40 @@ std::optional<net::SocketAddress> peer_address(const sockaddr_storage& addr) {
   return std::nullopt;
 }
 
-// What attestation needs, built from the identity config.
-struct Identity {
-  std::unique_ptr<tls::BundleSet> bundles;
-  std::unique_ptr<tls::SvidVerifier> verifier;
-  std::unique_ptr<tls::VerifyCache> cache;
-  std::unique_ptr<tls::TlsContext> client;
-  std::unique_ptr<tls::TlsContext> server;
-  identity::SpiffeId agent_id;
-};
-
-Result<Identity> load_identity(const config::IdentityConfig& config) {
-  if (config.svid_cert.empty())
-    return fail(Errc::kInvalidArgument,
-                "trust-domain is set but svid-cert/svid-key are not: the agent authenticates "
-                "to its peers with its own SVID");
-  auto bundles = config::load_bundles(config);
-  if (!bundles) return std::unexpected(bundles.error());
-  auto set = std::make_unique<tls::BundleSet>(std::move(*bundles));
-  auto verifier =
-      std::make_unique<tls::SvidVerifier>(*set, [] { return std::chrono::system_clock::now(); });
-  auto svid = tls::load_tls_identity(config.svid_cert, config.svid_key);
-  if (!svid) return std::unexpected(svid.error());
-  // Our own SVID must pass what our peers will check, against our bundle.
-  auto own = verifier->verify(svid->chain);
-  if (!own)
-    return fail(Errc::kInvalidArgument, "svid-cert = " + config.svid_cert + ": " +
-                                            std::string(to_string(own.error().reason)) + ": " +
-                                            own.error().detail);
-  if (!own->id.member_of(config.rules.trust_domain))
-    return fail(Errc::kInvalidArgument, "svid-cert = " + config.svid_cert + ": " + own->id.str() +
-                                            " is not in trust-domain " +
-                                            config.rules.trust_domain.name());
-  auto cache = std::make_unique<tls::VerifyCache>(*verifier);
-  auto client = tls::TlsContext::create(tls::Role::kClient, *svid, *cache, *verifier);
-  if (!client) return std::unexpected(client.error());
-  auto server = tls::TlsContext::create(tls::Role::kServer, *svid, *cache, *verifier);
-  if (!server) return std::unexpected(server.error());
-  return Identity{std::move(set),
-                  std::move(verifier),
-                  std::move(cache),
-                  std::make_unique<tls::TlsContext>(std::move(*client)),
-                  std::make_unique<tls::TlsContext>(std::move(*server)),
-                  own->id};
+// An agent inside the cgroup it enforces would hold its own channel's
+// traffic: exempt the channel ports then, and only then (an exempt port is
+// open to every workload of the cgroup).
+void exempt_own_channel(config::Config& config) {
+  if (!config.identity) return;
+  auto own = datapath::own_cgroup();
+  auto enforced = datapath::resolve_cgroup(config.datapath.cgroup);
+  if (!own || !enforced || !datapath::cgroup_contains(*enforced, *own)) return;
+  std::set<std::uint16_t> ports = {config.attestation.listen.port()};
+  for (const auto& route : config.attestation.peers) ports.insert(route.agent.port());
+  for (auto port : ports) {
+    auto rule = datapath::Exemption::parse("[::]/0:" + std::to_string(port));
+    if (!rule) continue;
+    config.datapath.exemptions.push_back(*rule);
+    spdlog::warn(
+        "the agent runs inside the cgroup it enforces ({}): port {} is exempt for every socket "
+        "of it; run the agent outside the enforced cgroup to avoid that",
+        *own, port);
+  }
 }
 
 class NodeAgent {
  public:
-  NodeAgent(const config::Config& config, datapath::Datapath& dp, EventLoop& loop)
-      : config_(config), dp_(dp), loop_(loop) {}
+  NodeAgent(config::Config config, std::vector<std::string> args,
+            std::unique_ptr<datapath::Datapath> dp, EventLoop& loop)
+      : config_(std::move(config)), args_(std::move(args)), dp_(std::move(dp)), loop_(loop) {}
 
   Result<void> start() {
     if (config_.identity) {
-      auto id = load_identity(*config_.identity);
+      auto id = load_node_identity(*config_.identity);
       if (!id) return std::unexpected(id.error());
-      identity_.emplace(std::move(*id));
-      workloads_.emplace(identity_->agent_id, config_.attestation.workloads);
+      identity_ = std::make_unique<NodeIdentity>(std::move(*id));
+      workloads_ = std::make_unique<attest::WorkloadIdentities>(identity_->agent_id,
+                                                                config_.attestation.workloads);
       attestor_.emplace(loop_, *identity_->client, *identity_->server, interner_, *workloads_,
                         attest::Attestor::Options{.attestation = config_.attestation,
                                                   .rules = config_.identity->rules,
@@ -152,12 +134,7 @@ class NodeAgent {
       spdlog::warn("no trust-domain configured: connections are tracked but nobody attests them");
     }
 
-    auto events = dp_.events([this](const datapath::Event& ev) { on_event(ev); });
-    if (!events) return std::unexpected(events.error());
-    events_.emplace(std::move(*events));
-    if (auto ok = loop_.add(events_->epoll_fd(), EPOLLIN, [this](std::uint32_t) { poll_events(); });
-        !ok)
-      return ok;
+    if (auto ok = open_events(); !ok) return ok;
 
     auto api = api::Server::start(loop_, config_.api,
                                   [this](const nlohmann::json& request) { return serve(request); });
@@ -168,13 +145,143 @@ class NodeAgent {
     loop_.on_round_end([this] {
       poll_events();
       apply_decisions();
+      retired_.clear();  // old identities: their channels are closed by now
+      retired_workloads_.clear();
     });
     reconcile();  // connections that arrived while no agent ran
     schedule_reconcile();
+    watch_files();
     return {};
   }
 
+  // SIGHUP, or a watched file changed: load the configuration again and
+  // apply it, or keep the running one and say why.
+  void reload(const char* trigger) {
+    ++reloads_;
+    auto outcome = try_reload();
+    if (!outcome) {
+      ++reload_failures_;
+      last_reload_error_ = outcome.error().message;
+      spdlog::error("reload ({}) refused, generation {} keeps running: {}", trigger, generation_,
+                    outcome.error().message);
+      return;
+    }
+    last_reload_error_.clear();
+    spdlog::info("reload ({}): generation {} in effect", trigger, generation_);
+  }
+
  private:
+  Result<void> open_events() {
+    auto events = dp_->events([this](const datapath::Event& ev) { on_event(ev); });
+    if (!events) return std::unexpected(events.error());
+    events_.emplace(std::move(*events));
+    return loop_.add(events_->epoll_fd(), EPOLLIN, [this](std::uint32_t) { poll_events(); });
+  }
+
+  void watch_files() {
+    std::vector<std::string> files;
+    if (!config_.file.empty()) files.push_back(config_.file);
+    if (config_.identity) {
+      for (const auto& bundle : config_.identity->bundles) files.push_back(bundle.path);
+      files.push_back(config_.identity->svid_cert);
+      files.push_back(config_.identity->svid_key);
+    }
+    if (files.empty()) return;
+    auto watch = FileWatch::start(loop_, files, std::chrono::milliseconds(300),
+                                  [this] { reload("file change"); });
+    if (!watch) {
+      spdlog::warn("not watching the configuration files ({}); reload with SIGHUP",
+                   watch.error().message);
+      return;
+    }
+    file_watch_ = std::move(*watch);
+  }
+
+  // What a running agent cannot take over: it would need a restart.
+  static std::optional<std::string> needs_restart(const config::Config& a,
+                                                  const config::Config& b) {
+    if (a.datapath.cgroup != b.datapath.cgroup) return "cgroup";
+    if (a.datapath.pin_dir != b.datapath.pin_dir) return "pin-dir";
+    if (a.datapath.max_connections != b.datapath.max_connections) return "max-connections";
+    if (!(a.attestation.listen == b.attestation.listen)) return "listen";
+    if (a.api.socket != b.api.socket || a.api.group != b.api.group) return "api-socket";
+    if (a.api.metrics != b.api.metrics) return "metrics";
+    if (a.identity.has_value() != b.identity.has_value()) return "trust-domain (set or unset)";
+    if (a.identity && a.identity->rules.trust_domain != b.identity->rules.trust_domain)
+      return "trust-domain";
+    return std::nullopt;
+  }
+
+  Result<void> try_reload() {
+    auto next = config::load(args_);
+    if (!next) return std::unexpected(next.error());
+    exempt_own_channel(*next);
+    if (auto key = needs_restart(config_, *next))
+      return fail(Errc::kInvalidArgument, *key + " changed: that needs an agent restart");
+    std::unique_ptr<NodeIdentity> identity;
+    if (next->identity) {
+      auto loaded = load_node_identity(*next->identity);
+      if (!loaded) return std::unexpected(loaded.error());
+      identity = std::make_unique<NodeIdentity>(std::move(*loaded));
+    }
+    if (auto ok = apply_datapath(next->datapath); !ok) return ok;
+
+    ++generation_;
+    spdlog::set_level(spdlog::level::from_str(next->log_level));
+    if (identity) {
+      auto weakened = weakened_domains(*identity_->bundles, *identity->bundles);
+      for (const auto& td : weakened)
+        spdlog::warn("trust bundle of {} lost an authority: its connections are re-verified",
+                     td.name());
+      auto workloads = std::make_unique<attest::WorkloadIdentities>(identity->agent_id,
+                                                                    next->attestation.workloads);
+      attestor_->reconfigure(attest::Attestor::Options{.attestation = next->attestation,
+                                                       .rules = next->identity->rules,
+                                                       .generation = generation_,
+                                                       .limits = {}},
+                             *identity->client, *identity->server, *workloads, weakened);
+      // The old identity stays until this round ends: closed channels were
+      // made from it.
+      retired_.push_back(std::move(identity_));
+      retired_workloads_.push_back(std::move(workloads_));
+      identity_ = std::move(identity);
+      workloads_ = std::move(workloads);
+    }
+    config_ = std::move(*next);
+    return {};
+  }
+
+  // Exemptions change in place; a new mode, fallback or RTO floor needs the
+  // programs loaded again, swapped behind the pinned links (as a restart).
+  Result<void> apply_datapath(const datapath::DatapathOptions& next) {
+    const auto& now = config_.datapath;
+    if (next.mode != now.mode || next.untracked_verdict != now.untracked_verdict ||
+        next.pending_rto_min_us != now.pending_rto_min_us) {
+      loop_.remove(events_->epoll_fd());
+      events_.reset();
+      dp_.reset();  // releases the pin-dir lock; pinned links keep enforcing
+      auto reopened = datapath::Datapath::open(next);
+      if (!reopened) {
+        auto back = datapath::Datapath::open(now);
+        if (!back) {
+          spdlog::critical("datapath: neither the new nor the old configuration loads: {}",
+                           back.error().message);
+          loop_.stop();
+          return std::unexpected(back.error());
+        }
+        dp_ = std::make_unique<datapath::Datapath>(std::move(*back));
+        (void)open_events();
+        return std::unexpected(reopened.error());
+      }
+      dp_ = std::make_unique<datapath::Datapath>(std::move(*reopened));
+      if (auto ok = open_events(); !ok) return ok;
+      spdlog::info("datapath reloaded: mode {}", next.mode == TF_MODE_AUDIT ? "audit" : "enforce");
+      return {};
+    }
+    if (next.exemptions != now.exemptions) return dp_->set_exemptions(next.exemptions);
+    return {};
+  }
+
   void poll_events() {
     if (auto polled = events_->poll(0); !polled)
       spdlog::error("tf_events: {}", polled.error().message);
@@ -223,7 +330,7 @@ class NodeAgent {
         batch.emplace_back(d.cookie, d.update);
     }
     if (!batch.empty()) {
-      if (auto applied = dp_.apply_verdicts(batch); !applied)
+      if (auto applied = dp_->apply_verdicts(batch); !applied)
         spdlog::error("writing {} verdicts: {}", batch.size(), applied.error().message);
     }
     for (const auto& d : decisions) {
@@ -273,7 +380,7 @@ class NodeAgent {
   // Entries the events did not tell us about (agent restarted, ring full)
   // are picked up from the table itself; entries gone from it are closed.
   void reconcile() {
-    auto entries = dp_.conns().snapshot();
+    auto entries = dp_->conns().snapshot();
     if (!entries) {
       spdlog::error("reading tf_conns: {}", entries.error().message);
       return;
@@ -289,7 +396,7 @@ class NodeAgent {
 
   void schedule_reconcile() {
     loop_.after(kReconcileInterval, [this] {
-      auto stats = dp_.stats();
+      auto stats = dp_->stats();
       if (stats && stats->counters[TF_COUNTER_EVENTS_LOST] != events_lost_seen_) {
         spdlog::warn("tf_events lost {} records; reconciling with tf_conns",
                      stats->counters[TF_COUNTER_EVENTS_LOST] - events_lost_seen_);
@@ -306,7 +413,7 @@ class NodeAgent {
     api::NameOf names = [this](std::uint32_t id) { return interner_.name(id); };
     if (command == "conns") {
       bool include_closed = request.value("include_closed", false);
-      auto entries = dp_.conns().snapshot();
+      auto entries = dp_->conns().snapshot();
       if (!entries) return {{"error", entries.error().message}};
       std::sort(entries->begin(), entries->end(), [](const auto& a, const auto& b) {
         return a.second.created_ns < b.second.created_ns;
@@ -330,7 +437,7 @@ class NodeAgent {
       if (!request.contains("cookie") || !request["cookie"].is_number_unsigned())
         return {{"error", "conn: cookie must be an unsigned number"}};
       auto cookie = request["cookie"].get<datapath::Cookie>();
-      auto conn = dp_.conns().lookup(cookie);
+      auto conn = dp_->conns().lookup(cookie);
       if (!conn) return {{"error", conn.error().message}};
       if (*conn) return {{"connection", api::conn_json(cookie, **conn, now, names)}};
       for (auto it = closed_.rbegin(); it != closed_.rend(); ++it) {
@@ -342,14 +449,25 @@ class NodeAgent {
       return {{"error", "no tracked connection " + std::to_string(cookie)}};
     }
     if (command == "stats") {
-      auto stats = dp_.stats();
-      auto entries = dp_.conns().snapshot();
+      auto stats = dp_->stats();
+      auto entries = dp_->conns().snapshot();
       if (!stats) return {{"error", stats.error().message}};
       if (!entries) return {{"error", entries.error().message}};
-      auto out = api::datapath_stats_json(*stats, *entries, dp_.conns().capacity());
+      auto out = api::datapath_stats_json(*stats, *entries, dp_->conns().capacity());
       if (attestor_) out.update(attestor_->stats());
       out["api"] = api::to_json(api_->stats());
       out["interned_names"] = interner_.size();
+      out["config"] = {{"generation", generation_},
+                       {"reloads", reloads_},
+                       {"reload_failures", reload_failures_},
+                       {"last_reload_error", last_reload_error_},
+                       {"mode", config_.datapath.mode == TF_MODE_AUDIT ? "audit" : "enforce"}};
+      if (identity_) {
+        out["identity"] = {{"agent_id", identity_->agent_id.str()},
+                           {"svid_not_after_unix", std::chrono::duration_cast<std::chrono::seconds>(
+                                                       identity_->svid_not_after.time_since_epoch())
+                                                       .count()}};
+      }
       return out;
     }
     return {{"error", "unknown command '" + command + "' (conns, conn, stats)"}};
@@ -361,12 +479,20 @@ class NodeAgent {
     std::uint64_t at_ns;
   };
 
-  const config::Config& config_;
-  datapath::Datapath& dp_;
+  config::Config config_;
+  std::vector<std::string> args_;  // the command line, loaded again on reload
+  std::unique_ptr<datapath::Datapath> dp_;
   EventLoop& loop_;
   identity::Interner interner_;
-  std::optional<Identity> identity_;
-  std::optional<attest::WorkloadIdentities> workloads_;
+  std::unique_ptr<NodeIdentity> identity_;
+  std::unique_ptr<attest::WorkloadIdentities> workloads_;
+  std::vector<std::unique_ptr<NodeIdentity>> retired_;
+  std::vector<std::unique_ptr<attest::WorkloadIdentities>> retired_workloads_;
+  std::unique_ptr<FileWatch> file_watch_;
+  std::uint32_t generation_ = 1;
+  std::uint64_t reloads_ = 0;
+  std::uint64_t reload_failures_ = 0;
+  std::string last_reload_error_;
   std::optional<attest::Attestor> attestor_;
   UniqueFd listener_;
   std::optional<datapath::EventReader> events_;
@@ -376,30 +502,9 @@ class NodeAgent {
   std::uint64_t events_lost_seen_ = 0;
 };
 
-// An agent inside the cgroup it enforces would hold its own channel's
-// traffic: exempt the channel ports then, and only then (an exempt port is
-// open to every workload of the cgroup).
-void exempt_own_channel(config::Config& config) {
-  if (!config.identity) return;
-  auto own = datapath::own_cgroup();
-  auto enforced = datapath::resolve_cgroup(config.datapath.cgroup);
-  if (!own || !enforced || !datapath::cgroup_contains(*enforced, *own)) return;
-  std::set<std::uint16_t> ports = {config.attestation.listen.port()};
-  for (const auto& route : config.attestation.peers) ports.insert(route.agent.port());
-  for (auto port : ports) {
-    auto rule = datapath::Exemption::parse("[::]/0:" + std::to_string(port));
-    if (!rule) continue;
-    config.datapath.exemptions.push_back(*rule);
-    spdlog::warn(
-        "the agent runs inside the cgroup it enforces ({}): port {} is exempt for every socket "
-        "of it; run the agent outside the enforced cgroup to avoid that",
-        *own, port);
-  }
-}
-
 }  // namespace
 
-Result<void> run_agent(const config::Config& original) {
+Result<void> run_agent(const config::Config& original, const std::vector<std::string>& args) {
   // A peer that goes away mid-write is an error on that channel, not a signal.
   ::signal(SIGPIPE, SIG_IGN);
   config::Config config = original;
@@ -418,18 +523,26 @@ Result<void> run_agent(const config::Config& original) {
 
   auto loop = EventLoop::create();
   if (!loop) return std::unexpected(loop.error());
-  auto signals = termination_signals();
+  auto signals = agent_signals();
   if (!signals) return std::unexpected(signals.error());
+  NodeAgent agent(std::move(config), args, std::make_unique<datapath::Datapath>(std::move(*dp)),
+                  *loop);
+  int signal_fd = signals->get();
   if (auto ok =
-          loop->add(signals->get(), EPOLLIN,
+          loop->add(signal_fd, EPOLLIN,
                     [&](std::uint32_t) {
-                      spdlog::info("stopping; the datapath stays attached and keeps enforcing");
-                      loop->stop();
+                      signalfd_siginfo info{};
+                      while (::read(signal_fd, &info, sizeof(info)) == sizeof(info)) {
+                        if (info.ssi_signo == SIGHUP) {
+                          agent.reload("SIGHUP");
+                          continue;
+                        }
+                        spdlog::info("stopping; the datapath stays attached and keeps enforcing");
+                        loop->stop();
+                      }
                     });
       !ok)
     return ok;
-
-  NodeAgent agent(config, *dp, *loop);
   if (auto ok = agent.start(); !ok) return ok;
   return loop->run(std::chrono::milliseconds(datapath::kEventPollMs));
 }

@@ -317,4 +317,10 @@ X509_STORE* BundleSet::store(const identity::TrustDomain& td) const {
   return it == entries_.end() ? nullptr : it->second.store.get();
 }
 
+std::vector<identity::TrustDomain> BundleSet::domains() const {
+  std::vector<identity::TrustDomain> out;
+  for (const auto& [td, entry] : entries_) out.push_back(td);
+  return out;
+}
+
 }  // namespace trustfence::tls

@@ -93,6 +93,17 @@ class Attestor {
   std::optional<tf_conn> on_close(datapath::Cookie cookie);
   bool tracks(datapath::Cookie cookie) const { return conns_.contains(cookie); }
 
+  // A new configuration (a reload). Later decisions use it, every channel
+  // is closed so the next ones use the new SVID and bundles, and every open
+  // allowed connection is decided again: one no longer allowed is revoked
+  // (DENY, revoked); one whose peer's trust domain lost an authority from
+  // its bundle keeps its verdict only if its peer agent still verifies (a
+  // fresh channel to it); the rest take the new generation. The contexts
+  // and workloads must outlive the attestor or the next reconfigure.
+  void reconfigure(Options options, tls::TlsContext& client, tls::TlsContext& server,
+                   WorkloadIdentities& workloads,
+                   const std::set<identity::TrustDomain>& weakened_domains);
+
   // A connection accepted on the listen socket.
   void accept(UniqueFd fd, const net::SocketAddress& from);
 
@@ -119,6 +130,9 @@ class Attestor {
     std::chrono::milliseconds backoff{0};
     runtime::SteadyClock::time_point retry_at{};
     std::optional<CloseReason> last_failure;  // while backing off
+    // Allowed connections that stand only if this peer agent still
+    // verifies against the reloaded bundles.
+    std::vector<datapath::Cookie> revalidating;
   };
   struct Inflight {
     datapath::Cookie cookie;
@@ -155,15 +169,17 @@ class Attestor {
               const std::optional<identity::SpiffeId>& peer, std::string detail);
   void decide_by_policy(datapath::Cookie cookie, const identity::SpiffeId& peer,
                         std::string detail);
+  // Re-decides an already allowed connection (reload).
+  void redecide(datapath::Cookie cookie, tf_verdict verdict, tf_reason reason, std::string detail);
   Conn* pending(datapath::Cookie cookie);
   void forget(datapath::Cookie cookie);
   Channel* channel_by_id(std::uint64_t id);
 
   runtime::EventLoop& loop_;
-  tls::TlsContext& client_;
-  tls::TlsContext& server_;
+  tls::TlsContext* client_;
+  tls::TlsContext* server_;
   identity::Interner& interner_;
-  WorkloadIdentities& workloads_;
+  WorkloadIdentities* workloads_;
   Options options_;
   policy::Policy policy_;
 
@@ -188,6 +204,7 @@ class Attestor {
     std::uint64_t wrong_agent = 0;       // a request from an agent not answering for the client
     std::uint64_t unmatched_requests = 0;
     std::uint64_t handshakes_refused = 0;                 // over the handshake caps
+    std::uint64_t revoked = 0;                            // allowed, then no longer (reload)
     std::map<std::string, std::uint64_t> channel_closes;  // by CloseReason kind
   } counters_;
 };

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "trustfence/common/result.hpp"
 #include "trustfence/identity/spiffe_id.hpp"
@@ -48,6 +49,7 @@ class BundleSet {
   // The store holding only td's authorities, or nullptr.
   X509_STORE* store(const identity::TrustDomain& td) const;
   std::size_t size() const { return entries_.size(); }
+  std::vector<identity::TrustDomain> domains() const;
   // Changes on every add(), and no two sets share one, so anything derived
   // from a set (cached verifications) can tell it is stale.
   std::uint64_t generation() const { return generation_; }
