@@ -1,5 +1,6 @@
 #include "support/e2e/cluster.hpp"
 
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <openssl/pem.h>
@@ -156,6 +157,33 @@ AgentNode::~AgentNode() {
   if (cgroup_) {
     run_command({binary_, "agent", "--uninstall", "--pin-dir", pin_dir_});
     for (const auto& [name, id] : spec_.workloads) ::rmdir(cgroup(name).c_str());
+  }
+}
+
+Result<void> AgentNode::update_config(const std::vector<std::string>& config) {
+  spec_.config = config;
+  return write_config({});
+}
+
+Result<void> AgentNode::write_raw_config(const std::string& text) {
+  return write_file(config_path_, text);
+}
+
+Result<void> AgentNode::send_sighup() {
+  if (!agent_ || ::kill(agent_->pid(), SIGHUP) != 0)
+    return fail_errno("SIGHUP to the agent", errno);
+  return {};
+}
+
+Result<nlohmann::json> AgentNode::stats() const {
+  auto result = run_command({binary_, "stats", "--json", "--api-socket", api_socket_});
+  if (!result) return std::unexpected(result.error());
+  if (result->exit_code != 0)
+    return fail(Errc::kIo, spec_.name + ": trustfence stats failed: " + result->err);
+  try {
+    return nlohmann::json::parse(result->out);
+  } catch (const nlohmann::json::exception& e) {
+    return fail(Errc::kIo, spec_.name + ": trustfence stats printed no JSON: " + e.what());
   }
 }
 

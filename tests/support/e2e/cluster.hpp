@@ -73,6 +73,15 @@ class AgentNode {
   // so verdicts, are kept).
   Result<void> restart(const std::vector<std::string>& extra_config);
 
+  // Rewrites the config with these lines in place of the spec's, without a
+  // restart: the agent's file watch reloads it (or send_sighup()).
+  Result<void> update_config(const std::vector<std::string>& config);
+  // Replaces the config file with text as is (e.g. a broken one).
+  Result<void> write_raw_config(const std::string& text);
+  Result<void> send_sighup();
+  // `trustfence stats --json` of this agent.
+  Result<nlohmann::json> stats() const;
+
   const std::string& name() const { return spec_.name; }
   const std::string& netns() const { return netns_; }
   // The enforced cgroup, or one of the spec's workload sub-cgroups.
