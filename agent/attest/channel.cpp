@@ -215,6 +215,9 @@ void Channel::read_frames() {
           }
           if (!*next) break;
           received_any_ = true;
+          // The limit is per frame: the next one begun gets its own.
+          if (frame_timer_) loop_.cancel(*frame_timer_);
+          frame_timer_.reset();
           if (callbacks_.on_message) callbacks_.on_message(*this, std::move(**next));
           if (state_ != State::kReady) return;
         }

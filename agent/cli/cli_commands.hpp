@@ -10,6 +10,7 @@ int agent_command(const std::vector<std::string>& args);
 int conns_command(const std::vector<std::string>& args);
 int conn_command(const std::vector<std::string>& args);
 int stats_command(const std::vector<std::string>& args);
+int watch_command(const std::vector<std::string>& args);
 int cert_command(const std::vector<std::string>& args);
 int id_command(const std::vector<std::string>& args);
 

@@ -174,6 +174,16 @@ Result<json> row_from_maps(const config::ClientPaths& paths, Cookie cookie) {
   return api::conn_json(cookie, **conn, datapath::monotonic_ns(), {});
 }
 
+// The connection whose endpoints print as local and remote.
+Result<json> row_from_maps(const config::ClientPaths& paths, const std::string& local,
+                           const std::string& remote) {
+  auto rows = rows_from_maps(paths);
+  if (!rows) return std::unexpected(rows.error());
+  for (const auto& row : *rows)
+    if (text_of(row, "local") == local && text_of(row, "remote") == remote) return row;
+  return fail(Errc::kNotFound, "no tracked connection " + local + " -> " + remote);
+}
+
 Result<json> stats_from_maps(const config::ClientPaths& paths) {
   auto maps = open_maps(paths);
   if (!maps) return std::unexpected(maps.error());
@@ -274,17 +284,29 @@ int conn_command(const std::vector<std::string>& argv) {
   constexpr auto kCommand = Command::kConn;
   auto args = split_args(argv, kCommand);
   if (!args) return report(args.error(), kCommand);
-  if (args->positional.size() != 1)
-    return report({Errc::kInvalidArgument, "usage: trustfence conn COOKIE [--json]"}, kCommand);
-  const auto& text = args->positional[0];
+  const auto& pos = args->positional;
+  if (pos.empty() || pos.size() > 2)
+    return report(
+        {Errc::kInvalidArgument,
+         "usage: trustfence conn COOKIE [--json]\n"
+         "       trustfence conn LOCAL REMOTE [--json]   e.g. 10.0.0.1:80 10.0.0.2:41000"},
+        kCommand);
+  json request = {{"command", "conn"}};
   Cookie cookie = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), cookie);
-  if (ec != std::errc() || end != text.data() + text.size())
-    return report({Errc::kInvalidArgument, "COOKIE '" + text + "' is not a number"}, kCommand);
+  if (pos.size() == 1) {
+    const auto& text = pos[0];
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), cookie);
+    if (ec != std::errc() || end != text.data() + text.size())
+      return report({Errc::kInvalidArgument, "COOKIE '" + text + "' is not a number"}, kCommand);
+    request["cookie"] = cookie;
+  } else {
+    request["local"] = pos[0];
+    request["remote"] = pos[1];
+  }
   auto paths = config::load_client_paths(args->paths);
   if (!paths) return report(paths.error(), kCommand);
 
-  auto reply = ask_agent(*paths, {{"command", "conn"}, {"cookie", cookie}}, kCommand);
+  auto reply = ask_agent(*paths, request, kCommand);
   if (!reply) return report(reply.error(), kCommand);
   json row;
   if (*reply) {
@@ -293,7 +315,8 @@ int conn_command(const std::vector<std::string>& argv) {
       return report(malformed(*paths, "\"connection\" object"), kCommand);
     row = std::move(*it);
   } else {
-    auto from_maps = row_from_maps(*paths, cookie);
+    auto from_maps =
+        pos.size() == 1 ? row_from_maps(*paths, cookie) : row_from_maps(*paths, pos[0], pos[1]);
     if (!from_maps) return report(from_maps.error(), kCommand);
     row = std::move(*from_maps);
   }

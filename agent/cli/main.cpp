@@ -38,7 +38,10 @@ void usage(std::ostream& out) {
          "  conns [--json] [--verdict allow|deny|pending] [--peer-trust-domain TD] [--closed]\n"
          "                                          per-connection verdicts\n"
          "  conn COOKIE [--json]                    one connection\n"
+         "  conn LOCAL REMOTE [--json]              one connection by its endpoints\n"
          "  stats [--json]                          datapath and agent counters\n"
+         "  watch [--json] [--denials] [--history] [--count N]\n"
+         "                                          live stream of the agent's verdicts\n"
          "      conns, conn and stats ask the running agent (--api-socket PATH, or the\n"
          "      api-socket of --config FILE); without one they read the pinned maps\n"
          "      (--pin-dir DIR), where peer identities are unknown.\n"
@@ -62,6 +65,7 @@ int main(int argc, char** argv) {
   if (command == "conns") return trustfence::cli::conns_command(args);
   if (command == "conn") return trustfence::cli::conn_command(args);
   if (command == "stats") return trustfence::cli::stats_command(args);
+  if (command == "watch") return trustfence::cli::watch_command(args);
   if (command == "cert") return trustfence::cli::cert_command(args);
   if (command == "id") return trustfence::cli::id_command(args);
   if (command == "-h" || command == "--help" || command == "help") {

@@ -63,14 +63,17 @@ Result<Cidr> Cidr::parse(std::string_view text) {
   auto slash = text.find('/');
   auto ip = IpAddress::parse(text.substr(0, slash));
   if (!ip) return bad(text, "not a CIDR (address/prefix)");
-  unsigned max = ip->is_v4() ? 32 : 128;
+  // The prefix counts bits of the address as written: ::ffff:10.0.0.0/104
+  // is 10.0.0.0/8, though both are held as IPv4.
+  bool v4_text = text.substr(0, slash).find(':') == std::string_view::npos;
+  unsigned max = v4_text ? 32 : 128;
   unsigned prefix = max;
   if (slash != std::string_view::npos) {
     auto parsed = parse_number(text.substr(slash + 1), max);
     if (!parsed) return bad(text, "prefix length must be 0.." + std::to_string(max));
     prefix = *parsed;
   }
-  unsigned bits = (ip->is_v4() ? 96 : 0) + prefix;
+  unsigned bits = (v4_text ? 96 : 0) + prefix;
   AddressBytes bytes = ip->bytes();
   for (unsigned bit = bits; bit < 128; ++bit) bytes[bit / 8] &= ~(0x80u >> (bit % 8));
   return Cidr(IpAddress::from_bytes(bytes), bits);

@@ -7,9 +7,11 @@
 #include <sys/socket.h>
 
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
+#include <tuple>
 
 #include "trustfence/api/conn_json.hpp"
 #include "trustfence/api/server.hpp"
@@ -29,6 +31,8 @@ namespace {
 
 // Closed connections kept for `trustfence conns --closed`.
 constexpr std::size_t kClosedHistory = 1024;
+// Recent decisions kept for `trustfence watch`.
+constexpr std::size_t kWatchHistory = 4096;
 // How often the connection table is checked for events the ring lost.
 constexpr std::chrono::milliseconds kReconcileInterval{1000};
 
@@ -115,6 +119,7 @@ class NodeAgent {
                         attest::Attestor::Options{.attestation = config_.attestation,
                                                   .rules = config_.identity->rules,
                                                   .generation = 1,
+                                                  .audit = config_.datapath.mode == TF_MODE_AUDIT,
                                                   .limits = {}});
       auto listener = listen_on(config_.attestation.listen);
       if (!listener) return std::unexpected(listener.error());
@@ -235,11 +240,13 @@ class NodeAgent {
                      td.name());
       auto workloads = std::make_unique<attest::WorkloadIdentities>(identity->agent_id,
                                                                     next->attestation.workloads);
-      attestor_->reconfigure(attest::Attestor::Options{.attestation = next->attestation,
-                                                       .rules = next->identity->rules,
-                                                       .generation = generation_,
-                                                       .limits = {}},
-                             *identity->client, *identity->server, *workloads, weakened);
+      attestor_->reconfigure(
+          attest::Attestor::Options{.attestation = next->attestation,
+                                    .rules = next->identity->rules,
+                                    .generation = generation_,
+                                    .audit = next->datapath.mode == TF_MODE_AUDIT,
+                                    .limits = {}},
+          *identity->client, *identity->server, *workloads, weakened);
       // The old identity stays until this round ends: closed channels were
       // made from it.
       retired_.push_back(std::move(identity_));
@@ -249,6 +256,23 @@ class NodeAgent {
     }
     config_ = std::move(*next);
     return {};
+  }
+
+  // Audit let denied connections run; enforcing now, they are cut the way
+  // a fresh denial is, instead of hanging on dropped packets.
+  void cut_denied() {
+    auto entries = dp_->conns().snapshot();
+    if (!entries) {
+      spdlog::error("reading tf_conns: {}", entries.error().message);
+      return;
+    }
+    std::size_t cut = 0;
+    for (const auto& [cookie, conn] : *entries) {
+      if (conn.verdict != TF_VERDICT_DENY) continue;
+      if (auto destroyed = datapath::destroy_socket(conn.tuple, cookie); destroyed && *destroyed)
+        ++cut;
+    }
+    if (cut) spdlog::warn("enforce mode: cut {} connections denied while auditing", cut);
   }
 
   // Exemptions change in place; a new mode, fallback or RTO floor needs the
@@ -276,6 +300,8 @@ class NodeAgent {
       dp_ = std::make_unique<datapath::Datapath>(std::move(*reopened));
       if (auto ok = open_events(); !ok) return ok;
       spdlog::info("datapath reloaded: mode {}", next.mode == TF_MODE_AUDIT ? "audit" : "enforce");
+      if (now.mode == TF_MODE_AUDIT && next.mode == TF_MODE_ENFORCE) cut_denied();
+      if (next.exemptions != now.exemptions) return dp_->set_exemptions(next.exemptions);
       return {};
     }
     if (next.exemptions != now.exemptions) return dp_->set_exemptions(next.exemptions);
@@ -334,6 +360,7 @@ class NodeAgent {
         spdlog::error("writing {} verdicts: {}", batch.size(), applied.error().message);
     }
     for (const auto& d : decisions) {
+      remember_decision(d);
       auto line = fmt::format(
           "{} {} {} -> {} cookie={} peer={} reason={}: {}", to_string(d.update.verdict),
           to_string(static_cast<tf_direction>(d.conn.direction)),
@@ -343,7 +370,9 @@ class NodeAgent {
         spdlog::debug("{}", line);
         continue;
       }
-      spdlog::warn("{}{}", line, d.closed ? " (already closed by the peer)" : "");
+      bool audit = config_.datapath.mode != TF_MODE_ENFORCE;
+      spdlog::warn("{}{}{}", audit ? "audit: would " : "", line,
+                   d.closed ? " (already closed by the peer)" : "");
       if (config_.datapath.mode != TF_MODE_ENFORCE || d.closed) continue;
       // The application learns of the denial now, not at its next timeout.
       if (auto destroyed = datapath::destroy_socket(d.conn.tuple, d.cookie); !destroyed)
@@ -433,21 +462,8 @@ class NodeAgent {
       }
       return {{"connections", rows}};
     }
-    if (command == "conn") {
-      if (!request.contains("cookie") || !request["cookie"].is_number_unsigned())
-        return {{"error", "conn: cookie must be an unsigned number"}};
-      auto cookie = request["cookie"].get<datapath::Cookie>();
-      auto conn = dp_->conns().lookup(cookie);
-      if (!conn) return {{"error", conn.error().message}};
-      if (*conn) return {{"connection", api::conn_json(cookie, **conn, now, names)}};
-      for (auto it = closed_.rbegin(); it != closed_.rend(); ++it) {
-        if (it->cookie != cookie) continue;
-        auto row = api::conn_json(cookie, it->conn, it->at_ns, names);
-        row["state"] = "closed";
-        return {{"connection", row}};
-      }
-      return {{"error", "no tracked connection " + std::to_string(cookie)}};
-    }
+    if (command == "conn") return serve_conn(request, now, names);
+    if (command == "events") return serve_events(request);
     if (command == "stats") {
       auto stats = dp_->stats();
       auto entries = dp_->conns().snapshot();
@@ -457,6 +473,16 @@ class NodeAgent {
       if (attestor_) out.update(attestor_->stats());
       out["api"] = api::to_json(api_->stats());
       out["interned_names"] = interner_.size();
+      nlohmann::json decisions = nlohmann::json::array();
+      for (const auto& [key, count] : decisions_) {
+        const auto& [verdict, reason, td] = key;
+        decisions.push_back(
+            {{"verdict", verdict},
+             {"reason", reason},
+             {"peer_trust_domain", td.empty() ? nlohmann::json(nullptr) : nlohmann::json(td)},
+             {"count", count}});
+      }
+      out["decisions"] = decisions;
       out["config"] = {{"generation", generation_},
                        {"reloads", reloads_},
                        {"reload_failures", reload_failures_},
@@ -470,7 +496,82 @@ class NodeAgent {
       }
       return out;
     }
-    return {{"error", "unknown command '" + command + "' (conns, conn, stats)"}};
+    return {{"error", "unknown command '" + command + "' (conns, conn, events, stats)"}};
+  }
+
+  // By cookie, or by the endpoints as `conns` prints them (local, remote).
+  nlohmann::json serve_conn(const nlohmann::json& request, std::uint64_t now,
+                            const api::NameOf& names) {
+    auto closed_row = [&](const Closed& closed) {
+      auto row = api::conn_json(closed.cookie, closed.conn, closed.at_ns, names);
+      row["state"] = "closed";
+      return nlohmann::json{{"connection", row}};
+    };
+    if (request.contains("local") || request.contains("remote")) {
+      if (!request.value("local", nlohmann::json()).is_string() ||
+          !request.value("remote", nlohmann::json()).is_string())
+        return {{"error", "conn: local and remote must both be IP:PORT strings"}};
+      auto local = request["local"].get<std::string>();
+      auto remote = request["remote"].get<std::string>();
+      auto entries = dp_->conns().snapshot();
+      if (!entries) return {{"error", entries.error().message}};
+      for (const auto& [cookie, conn] : *entries)
+        if (datapath::local_endpoint(conn.tuple) == local &&
+            datapath::remote_endpoint(conn.tuple) == remote)
+          return {{"connection", api::conn_json(cookie, conn, now, names)}};
+      for (auto it = closed_.rbegin(); it != closed_.rend(); ++it)
+        if (datapath::local_endpoint(it->conn.tuple) == local &&
+            datapath::remote_endpoint(it->conn.tuple) == remote)
+          return closed_row(*it);
+      return {{"error", "no tracked connection " + local + " -> " + remote}};
+    }
+    if (!request.contains("cookie") || !request["cookie"].is_number_unsigned())
+      return {{"error", "conn: cookie must be an unsigned number"}};
+    auto cookie = request["cookie"].get<datapath::Cookie>();
+    auto conn = dp_->conns().lookup(cookie);
+    if (!conn) return {{"error", conn.error().message}};
+    if (*conn) return {{"connection", api::conn_json(cookie, **conn, now, names)}};
+    for (auto it = closed_.rbegin(); it != closed_.rend(); ++it)
+      if (it->cookie == cookie) return closed_row(*it);
+    return {{"error", "no tracked connection " + std::to_string(cookie)}};
+  }
+
+  // The verdicts made since sequence number `after` (for `trustfence
+  // watch`, which polls): at most the last kWatchHistory are kept.
+  nlohmann::json serve_events(const nlohmann::json& request) {
+    std::uint64_t after = 0;
+    if (request.contains("after")) {
+      if (!request["after"].is_number_unsigned())
+        return {{"error", "events: after must be an unsigned number"}};
+      after = request["after"].get<std::uint64_t>();
+    }
+    nlohmann::json events = nlohmann::json::array();
+    std::uint64_t oldest = watch_.empty() ? next_seq_ : watch_.front()["seq"].get<std::uint64_t>();
+    for (const auto& event : watch_)
+      if (event["seq"].get<std::uint64_t>() > after) events.push_back(event);
+    return {{"events", events},
+            {"next", next_seq_ - 1},
+            {"missed", after + 1 < oldest && after != 0 ? oldest - after - 1 : 0}};
+  }
+
+  void remember_decision(const attest::Decided& d) {
+    auto td = interner_.name(d.update.peer_trust_domain);
+    watch_.push_back(
+        {{"seq", next_seq_++},
+         {"time_ns", d.update.decided_ns},
+         {"cookie", d.cookie},
+         {"direction", std::string(to_string(static_cast<tf_direction>(d.conn.direction)))},
+         {"local", datapath::local_endpoint(d.conn.tuple)},
+         {"remote", datapath::remote_endpoint(d.conn.tuple)},
+         {"verdict", std::string(to_string(d.update.verdict))},
+         {"reason", std::string(to_string(d.update.reason))},
+         {"peer_id", d.peer.empty() ? nlohmann::json(nullptr) : nlohmann::json(d.peer)},
+         {"peer_trust_domain", td ? nlohmann::json(*td) : nlohmann::json(nullptr)},
+         {"detail", d.detail},
+         {"closed", d.closed}});
+    if (watch_.size() > kWatchHistory) watch_.pop_front();
+    ++decisions_[{std::string(to_string(d.update.verdict)), std::string(to_string(d.update.reason)),
+                  td.value_or("")}];
   }
 
   struct Closed {
@@ -498,6 +599,11 @@ class NodeAgent {
   std::optional<datapath::EventReader> events_;
   std::unique_ptr<api::Server> api_;
   std::deque<Closed> closed_;
+  std::deque<nlohmann::json> watch_;  // recent decisions, for `trustfence watch`
+  std::uint64_t next_seq_ = 1;
+  // Decisions since start by verdict, reason and peer trust domain (in
+  // audit mode the denials are the would-denies).
+  std::map<std::tuple<std::string, std::string, std::string>, std::uint64_t> decisions_;
   std::uint64_t malformed_seen_ = 0;
   std::uint64_t events_lost_seen_ = 0;
 };

@@ -77,6 +77,9 @@ class Attestor {
     config::AttestationConfig attestation;
     policy::PolicyRules rules;
     std::uint32_t generation = 1;
+    // Audit mode never drops, here included: the peer is told ALLOW (with
+    // our would-be reason) so it does not cut what we only report.
+    bool audit = false;
     AttestorLimits limits;
   };
 
