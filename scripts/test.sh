@@ -34,6 +34,7 @@ bash scripts/format.sh --check || status=1
 
 echo "=== benchmark smoke"
 bash scripts/bench-datapath.sh --smoke || status=1
+bash scripts/bench-attest.sh --smoke || status=1
 cmake --build "$build" --target tf_bench_verify_rate >/dev/null
 "$build/bench/tls/tf_bench_verify_rate" --smoke || status=1
 

@@ -446,6 +446,7 @@ void Attestor::answer(Channel& channel, const AttestRequest& request, datapath::
     }
   }
   if (options_.audit) verdict = TF_VERDICT_ALLOW;
+  if (options_.write_decisions) options_.write_decisions();
   channel.send(AttestResponse{request.request_id, workloads_->lookup(cgroup_id), verdict, reason});
 }
 

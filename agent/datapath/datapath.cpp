@@ -1,5 +1,11 @@
 #include "trustfence/datapath/datapath.hpp"
 
+#include <spdlog/spdlog.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
@@ -127,6 +133,67 @@ void Datapath::LinkDeleter::operator()(bpf_link* link) const { bpf_link__destroy
 
 void Datapath::SkeletonDeleter::operator()(tf_datapath* skel) const { tf_datapath__destroy(skel); }
 
+// The thread that runs tf_resend_held for the loop: the walk costs the
+// same for one socket as for thousands, so everything queued while one
+// walk ran goes into the next.
+class Datapath::ResendThread {
+ public:
+  explicit ResendThread(Datapath& dp) : dp_(dp), thread_([this] { run(); }) {}
+  ~ResendThread() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+  }
+
+  void push(std::vector<Cookie> cookies) {
+    {
+      std::lock_guard lock(mutex_);
+      queued_.insert(queued_.end(), cookies.begin(), cookies.end());
+    }
+    wake_.notify_all();
+  }
+
+  void wait_idle() {
+    std::unique_lock lock(mutex_);
+    idle_.wait(lock, [this] { return queued_.empty() && !busy_; });
+  }
+
+ private:
+  void run() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [this] { return stopping_ || !queued_.empty(); });
+      if (stopping_) return;
+      auto batch = std::exchange(queued_, {});
+      busy_ = true;
+      lock.unlock();
+      if (auto ok = dp_.resend_held(batch); !ok)
+        spdlog::error("pushing held payload: {}", ok.error().message);
+      lock.lock();
+      busy_ = false;
+      idle_.notify_all();
+    }
+  }
+
+  Datapath& dp_;  // the Datapath owning this thread: its address is stable while it runs
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable idle_;
+  std::vector<Cookie> queued_;
+  bool busy_ = false;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+void Datapath::ResendThreadDeleter::operator()(ResendThread* thread) const { delete thread; }
+
+void Datapath::wait_for_resends() {
+  if (resend_thread_) resend_thread_->wait_idle();
+}
+
 Datapath::Datapath(Datapath&&) noexcept = default;
 Datapath& Datapath::operator=(Datapath&&) noexcept = default;
 Datapath::~Datapath() = default;
@@ -245,7 +312,9 @@ Result<std::size_t> Datapath::apply_verdicts(
   int held_fd = bpf_map__fd(skel_->maps.tf_held);
   for (Cookie cookie : allowed)
     if (bpf_map_delete_elem(held_fd, &cookie) == 0) held.push_back(cookie);
-  if (auto ok = resend_held(held); !ok) return std::unexpected(ok.error());
+  if (held.empty()) return applied;
+  if (!resend_thread_) resend_thread_.reset(new ResendThread(*this));
+  resend_thread_->push(std::move(held));
   return applied;
 }
 

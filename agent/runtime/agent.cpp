@@ -120,7 +120,8 @@ class NodeAgent {
                                                   .rules = config_.identity->rules,
                                                   .generation = 1,
                                                   .audit = config_.datapath.mode == TF_MODE_AUDIT,
-                                                  .limits = {}});
+                                                  .limits = {},
+                                                  .write_decisions = [this] { write_decisions(); }});
       auto listener = listen_on(config_.attestation.listen);
       if (!listener) return std::unexpected(listener.error());
       listener_ = std::move(*listener);
@@ -149,7 +150,8 @@ class NodeAgent {
 
     loop_.on_round_end([this] {
       poll_events();
-      apply_decisions();
+      write_decisions();
+      if (attestor_) attestor_->collect();
       retired_.clear();  // old identities: their channels are closed by now
       retired_workloads_.clear();
     });
@@ -342,10 +344,11 @@ class NodeAgent {
     if (closed_.size() > kClosedHistory) closed_.pop_front();
   }
 
-  void apply_decisions() {
+  // Verdicts to the kernel, denied sockets destroyed, one log line each.
+  // Safe from inside channel callbacks (it closes no channel).
+  void write_decisions() {
     if (!attestor_) return;
     auto decisions = attestor_->take_decisions();
-    attestor_->collect();
     if (decisions.empty()) return;
     std::vector<std::pair<datapath::Cookie, datapath::VerdictUpdate>> batch;
     batch.reserve(decisions.size());

@@ -33,6 +33,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <numeric>
 #include <optional>
@@ -78,13 +79,26 @@ struct Options {
   std::uint64_t threads = 4;
   double seconds = 3.0;
   bool smoke = false;
+  std::string keep_logs;  // a directory for the agents' logs and stats
 };
 
 Result<Options> parse_options(int argc, char** argv) {
-  auto args = Args::parse(argc, argv, {"samples", "cold-samples", "threads", "seconds"}, {"smoke"});
+  // --keep-logs DIR is a path, which Args has no getter for: taken out here.
+  std::string keep_logs;
+  std::vector<char*> rest(argv, argv + argc);
+  for (auto it = rest.begin() + 1; it != rest.end(); ++it) {
+    if (std::string_view(*it) != "--keep-logs") continue;
+    if (it + 1 == rest.end()) return fail(Errc::kInvalidArgument, "--keep-logs needs a directory");
+    keep_logs = *(it + 1);
+    rest.erase(it, it + 2);
+    break;
+  }
+  auto args = Args::parse(static_cast<int>(rest.size()), rest.data(),
+                          {"samples", "cold-samples", "threads", "seconds"}, {"smoke"});
   if (!args) return std::unexpected(args.error());
   Options opt;
-  if (args->flag("smoke")) opt = Options{10, 2, 2, 4, 0.5, true};
+  if (args->flag("smoke")) opt = Options{10, 2, 2, 4, 0.5, true, {}};
+  opt.keep_logs = keep_logs;
   auto samples = args->number("samples", opt.ttfb_samples);
   if (!samples) return std::unexpected(samples.error());
   auto cold = args->number("cold-samples", opt.cold_samples);
@@ -150,8 +164,8 @@ std::vector<std::string> g_problems;
 
 void check_errors(const std::string& phase, std::uint64_t errors, const std::string& first) {
   if (errors == 0) return;
-  g_problems.push_back(phase + ": " + std::to_string(errors) + " connection(s) failed, first: " +
-                       first);
+  g_problems.push_back(phase + ": " + std::to_string(errors) +
+                       " connection(s) failed, first: " + first);
   std::printf("  WARNING %s: %llu connection(s) failed (first: %s)\n", phase.c_str(),
               static_cast<unsigned long long>(errors), first.c_str());
 }
@@ -185,12 +199,29 @@ Result<e2e::Child> start_server(const Bench& b, const std::string& cgroup) {
   return std::move(*child);
 }
 
+// Kills the TIME_WAIT sockets of both nodes (`ss -K`), so a phase does not
+// inherit the previous one's: tf_resend_held walks the host's whole TCP
+// hash table, so every socket on the host, in any netns, slows the agents
+// down, and a 3 s baseline round leaves ~40,000 of them for 60 s.
+Result<void> flush_time_wait(const Bench& b) {
+  for (std::size_t node : {kClientNode, kServerNode}) {
+    auto result = e2e::run_in(
+        {.netns = b.topology.node(node), .argv = {"ss", "-K", "-t", "-n", "state", "time-wait"}});
+    if (!result) return std::unexpected(result.error());
+    if (result->exit_code != 0)
+      return fail(Errc::kIo, "ss -K state time-wait in " + b.topology.node(node) + " exited with " +
+                                 std::to_string(result->exit_code) + ": " + result->err);
+  }
+  return {};
+}
+
 // Runs `client ARGS...` in node 0 and parses the JSON line it prints.
 Result<json> run_client(const Bench& b, const std::string& cgroup, std::vector<std::string> args,
                         milliseconds timeout) {
+  if (auto ok = flush_time_wait(b); !ok) return std::unexpected(ok.error());
   args.insert(args.begin(), {b.self, "client"});
-  auto result = e2e::run_in(
-      {.netns = b.topology.node(kClientNode), .cgroup = cgroup, .argv = args}, timeout);
+  auto result =
+      e2e::run_in({.netns = b.topology.node(kClientNode), .cgroup = cgroup, .argv = args}, timeout);
   if (!result) return std::unexpected(result.error());
   if (result->exit_code != 0)
     return fail(Errc::kIo, testing::join_argv(args) + " exited with " +
@@ -198,16 +229,16 @@ Result<json> run_client(const Bench& b, const std::string& cgroup, std::vector<s
   try {
     return json::parse(result->out);
   } catch (const json::exception& e) {
-    return fail(Errc::kIo, "the client printed no JSON (" + std::string(e.what()) + "): " +
-                               result->out);
+    return fail(Errc::kIo,
+                "the client printed no JSON (" + std::string(e.what()) + "): " + result->out);
   }
 }
 
 Result<Ttfb> measure_ttfb(const Bench& b, const std::string& cgroup, const std::string& target,
                           std::uint64_t samples, std::uint64_t warmup) {
   const auto timeout = milliseconds(30'000 + (samples + warmup) * (kIoTimeoutSeconds * 1000 + 100));
-  auto out = run_client(
-      b, cgroup, {"ttfb", target, std::to_string(samples), std::to_string(warmup)}, timeout);
+  auto out = run_client(b, cgroup,
+                        {"ttfb", target, std::to_string(samples), std::to_string(warmup)}, timeout);
   if (!out) return std::unexpected(out.error());
   Ttfb t;
   try {
@@ -225,8 +256,8 @@ Result<Rate> measure_rate(const Bench& b, const std::string& cgroup, const std::
   const auto timeout = milliseconds(60'000 + static_cast<long>(b.opt.seconds * 1000));
   char seconds[32];
   std::snprintf(seconds, sizeof(seconds), "%g", b.opt.seconds);
-  auto out = run_client(b, cgroup, {"rate", target, std::to_string(b.opt.threads), seconds},
-                        timeout);
+  auto out =
+      run_client(b, cgroup, {"rate", target, std::to_string(b.opt.threads), seconds}, timeout);
   if (!out) return std::unexpected(out.error());
   Rate r;
   try {
@@ -245,11 +276,12 @@ Result<Rate> measure_rate(const Bench& b, const std::string& cgroup, const std::
 }
 
 void print_rate(const char* name, const Rate& r) {
-  std::printf("  %-34s %8.0f conn/s  (%llu in %.2f s; per connection p50 %s, "
-              "p99 %s, max %s ms; %llu >= 200 ms)\n",
-              name, r.per_second(), static_cast<unsigned long long>(r.connections), r.seconds,
-              ms(r.p50_ms).c_str(), ms(r.p99_ms).c_str(), ms(r.max_ms).c_str(),
-              static_cast<unsigned long long>(r.stalls));
+  std::printf(
+      "  %-34s %8.0f conn/s  (%llu in %.2f s; per connection p50 %s, "
+      "p99 %s, max %s ms; %llu >= 200 ms)\n",
+      name, r.per_second(), static_cast<unsigned long long>(r.connections), r.seconds,
+      ms(r.p50_ms).c_str(), ms(r.p99_ms).c_str(), ms(r.max_ms).c_str(),
+      static_cast<unsigned long long>(r.stalls));
 }
 
 // --- agents ----------------------------------------------------------------
@@ -289,14 +321,14 @@ Result<json> agent_stats(const e2e::AgentNode& agent) {
 
 // What the agents' stats and logs say about a stretch of connections.
 struct AgentCounters {
-  std::uint64_t tracked = 0;         // counters.conn_tracked
-  std::uint64_t requests_sent = 0;   // attestation requests for our outbound sockets
-  std::uint64_t responses = 0;       // answers received to them
-  std::uint64_t requests_served = 0; // requests answered for a peer
-  std::uint64_t pending_drops = 0;   // payload held until the verdict
-  std::uint64_t deny_drops = 0;      // packets dropped for any other reason
-  std::uint64_t allow_lines = 0;     // "allow ..." decisions in the debug log
-  std::uint64_t deny_lines = 0;      // "deny ..." decisions
+  std::uint64_t tracked = 0;          // counters.conn_tracked
+  std::uint64_t requests_sent = 0;    // attestation requests for our outbound sockets
+  std::uint64_t responses = 0;        // answers received to them
+  std::uint64_t requests_served = 0;  // requests answered for a peer
+  std::uint64_t pending_drops = 0;    // payload held until the verdict
+  std::uint64_t deny_drops = 0;       // packets dropped for any other reason
+  std::uint64_t allow_lines = 0;      // "allow ..." decisions in the debug log
+  std::uint64_t deny_lines = 0;       // "deny ..." decisions
   std::size_t log_size = 0;
 };
 
@@ -311,7 +343,8 @@ std::uint64_t number_at(const json& j, std::initializer_list<const char*> path) 
 
 // Counts decision lines the agent logs at debug level (AgentSpec writes
 // log-level = debug): "... allow outbound ..." / "... deny inbound ...".
-std::uint64_t count_decisions(const std::string& log, std::size_t from, const std::string& verdict) {
+std::uint64_t count_decisions(const std::string& log, std::size_t from,
+                              const std::string& verdict) {
   std::uint64_t n = 0;
   for (const char* dir : {"outbound", "inbound"}) {
     const std::string needle = verdict + " " + dir + " ";
@@ -386,6 +419,21 @@ std::string channel_state(const e2e::AgentNode& agent) {
   return "none";
 }
 
+// Copies each agent's log and its stats JSON into dir, for a look at where
+// the time went (log-level = debug: a line per event and per verdict).
+void keep_logs(const Agents& agents, const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  for (const auto& agent : agents) {
+    auto log = agent->log();
+    auto stats = agent_stats(*agent);
+    std::ofstream(dir + "/" + agent->name() + ".log") << (log ? *log : log.error().message);
+    std::ofstream(dir + "/" + agent->name() + "-stats.json")
+        << (stats ? stats->dump(2) : stats.error().message) << "\n";
+  }
+  std::printf("  agent logs and stats kept in %s\n", dir.c_str());
+}
+
 // --- phases ----------------------------------------------------------------
 
 struct Figures {
@@ -452,20 +500,22 @@ Result<void> phase_enforced(const Bench& b, const std::string& target, Figures& 
   f.rate_check = *delta;
   for (std::size_t i = 0; i < delta->size(); ++i) {
     const auto& d = (*delta)[i];
-    std::printf("    node%zu agent: %llu tracked, %llu allow / %llu deny decisions logged, "
-                "%llu requests sent, %llu responses, %llu served; packets held (pending drops) "
-                "%llu, dropped otherwise %llu\n",
-                i, static_cast<unsigned long long>(d.tracked),
-                static_cast<unsigned long long>(d.allow_lines),
-                static_cast<unsigned long long>(d.deny_lines),
-                static_cast<unsigned long long>(d.requests_sent),
-                static_cast<unsigned long long>(d.responses),
-                static_cast<unsigned long long>(d.requests_served),
-                static_cast<unsigned long long>(d.pending_drops),
-                static_cast<unsigned long long>(d.deny_drops));
+    std::printf(
+        "    node%zu agent: %llu tracked, %llu allow / %llu deny decisions logged, "
+        "%llu requests sent, %llu responses, %llu served; packets held (pending drops) "
+        "%llu, dropped otherwise %llu\n",
+        i, static_cast<unsigned long long>(d.tracked),
+        static_cast<unsigned long long>(d.allow_lines),
+        static_cast<unsigned long long>(d.deny_lines),
+        static_cast<unsigned long long>(d.requests_sent),
+        static_cast<unsigned long long>(d.responses),
+        static_cast<unsigned long long>(d.requests_served),
+        static_cast<unsigned long long>(d.pending_drops),
+        static_cast<unsigned long long>(d.deny_drops));
     const auto n = rate->connections;
     if (d.deny_lines != 0 || d.deny_drops != 0)
-      g_problems.push_back("node" + std::to_string(i) + "'s agent denied connections or dropped "
+      g_problems.push_back("node" + std::to_string(i) +
+                           "'s agent denied connections or dropped "
                            "packets during the rate run");
     // Every connection made has one socket on each node, each decided once.
     if (d.allow_lines < n || d.allow_lines > n + n / 20 + 10)
@@ -485,6 +535,7 @@ Result<void> phase_enforced(const Bench& b, const std::string& target, Figures& 
               describe(f.cold).c_str());
   check_errors("cold TTFB", f.cold.errors, f.cold.first_error);
   server->terminate();
+  if (!b.opt.keep_logs.empty()) keep_logs(*agents, b.opt.keep_logs);
   return {};
 }
 
@@ -511,17 +562,15 @@ Result<void> phase_baseline_rate_and_stunnel(const Bench& b, const Placement& pl
   if (!pair) return std::unexpected(pair.error());
   const std::string via_stunnel = "127.0.0.1:" + std::to_string(kStunnelClientPort);
   auto srate = measure_rate(b, plain.client_cgroup, via_stunnel);
-  if (!srate) return std::unexpected(srate.error());
+  if (!srate) return fail(srate.error().code, srate.error().message + "\n" + pair->logs());
   f.stunnel_rate = *srate;
   print_rate("rate through stunnel", *srate);
   check_errors("stunnel rate", srate->errors, srate->first_error);
   auto sttfb = measure_ttfb(b, plain.client_cgroup, via_stunnel, b.opt.ttfb_samples, b.opt.warmup);
-  if (!sttfb) return std::unexpected(sttfb.error());
+  if (!sttfb) return fail(sttfb.error().code, sttfb.error().message + "\n" + pair->logs());
   f.stunnel = std::move(*sttfb);
   std::printf("  %-34s %s\n", "TTFB through stunnel", describe(f.stunnel).c_str());
   check_errors("stunnel TTFB", f.stunnel.errors, f.stunnel.first_error);
-  if (auto logs = pair->logs(); !logs.empty())
-    std::printf("  stunnel wrote:\n%s\n", logs.c_str());
   return {};
 }
 
@@ -538,8 +587,8 @@ std::string delta_ms(double value) { return (value >= 0 ? "+" : "") + ms(value) 
 void print_table(const Figures& f, const Options& opt) {
   std::printf("\n== results%s ==\n", opt.smoke ? " (smoke: tiny samples, figures are rough)" : "");
   row("figure", "value", "target", std::nullopt);
-  row("TTFB, no agents p50 / p99 / max", ms(f.baseline.p(50)) + " / " + ms(f.baseline.p(99)) +
-                                             " / " + ms(f.baseline.max()) + " ms",
+  row("TTFB, no agents p50 / p99 / max",
+      ms(f.baseline.p(50)) + " / " + ms(f.baseline.p(99)) + " / " + ms(f.baseline.max()) + " ms",
       "baseline", std::nullopt);
   row("TTFB, warm channel p50 / p99 / max",
       ms(f.warm.p(50)) + " / " + ms(f.warm.p(99)) + " / " + ms(f.warm.max()) + " ms", "",
@@ -553,8 +602,8 @@ void print_table(const Figures& f, const Options& opt) {
   row("  warm p50 over the baseline", delta_ms(warm50), "<= +1 ms", warm50 <= kWarmP50TargetMs);
   row("  warm p99 over the baseline", delta_ms(warm99), "<= +5 ms", warm99 <= kWarmP99TargetMs);
   row("  cold p50 over the baseline", delta_ms(cold50), "<= +5 ms", cold50 <= kColdP50TargetMs);
-  const auto stalls = static_cast<std::uint64_t>(f.warm.stalls() + f.cold.stalls()) +
-                      f.enforced_rate.stalls;
+  const auto stalls =
+      static_cast<std::uint64_t>(f.warm.stalls() + f.cold.stalls()) + f.enforced_rate.stalls;
   const auto enforced_count =
       f.warm.sorted_ms.size() + f.cold.sorted_ms.size() + f.enforced_rate.connections;
   row("  connections >= 200 ms (warm, cold, rate)",
@@ -565,8 +614,8 @@ void print_table(const Figures& f, const Options& opt) {
                 base > 0 ? f.enforced_rate.per_second() / base : 0);
   row("conn/s, every connection attested / none", value, ">= 0.8",
       base > 0 && f.enforced_rate.per_second() / base >= kRateRatioTarget);
-  std::snprintf(value, sizeof(value), "  (no agents: %.0f and %.0f)", f.baseline_rate[0].per_second(),
-                f.baseline_rate[1].per_second());
+  std::snprintf(value, sizeof(value), "  (no agents: %.0f and %.0f)",
+                f.baseline_rate[0].per_second(), f.baseline_rate[1].per_second());
   row("", value, "", std::nullopt);
   const double s = f.stunnel_rate.per_second();
   std::snprintf(value, sizeof(value), "%.0f / %.0f = %.1fx", f.enforced_rate.per_second(), s,
@@ -582,6 +631,14 @@ void print_table(const Figures& f, const Options& opt) {
       "veth; rate: %llu client threads x %.1f s; the baseline rate is the mean of two rounds "
       "around the enforced one)\n",
       static_cast<unsigned long long>(opt.threads), opt.seconds);
+}
+
+// "0.52 0.61 0.70": other work on the host moves every figure here.
+std::string load_average() {
+  std::ifstream in("/proc/loadavg");
+  std::string one, five, fifteen;
+  in >> one >> five >> fifteen;
+  return one + " " + five + " " + fifteen;
 }
 
 Result<std::string> self_path() {
@@ -617,13 +674,16 @@ Result<void> run(const Options& opt) {
 
   std::printf("== trustfence attestation: time to first byte and connection rate%s ==\n",
               opt.smoke ? " (smoke)" : "");
-  std::printf("client in node 0 (%s), server %s in node 1; %llu TTFB samples (+%llu warm-up), "
-              "%llu cold, rate %llu threads x %.1f s\n",
-              topology->ipv4(kClientNode).c_str(), target.c_str(),
-              static_cast<unsigned long long>(opt.ttfb_samples),
-              static_cast<unsigned long long>(opt.warmup),
-              static_cast<unsigned long long>(opt.cold_samples),
-              static_cast<unsigned long long>(opt.threads), opt.seconds);
+  std::printf(
+      "client in node 0 (%s), server %s in node 1; %llu TTFB samples (+%llu warm-up), "
+      "%llu cold, rate %llu threads x %.1f s\n",
+      topology->ipv4(kClientNode).c_str(), target.c_str(),
+      static_cast<unsigned long long>(opt.ttfb_samples),
+      static_cast<unsigned long long>(opt.warmup),
+      static_cast<unsigned long long>(opt.cold_samples),
+      static_cast<unsigned long long>(opt.threads), opt.seconds);
+  std::printf("%u CPUs, load average %s at the start\n", std::thread::hardware_concurrency(),
+              load_average().c_str());
   std::fflush(stdout);
 
   if (auto ok = phase_baseline_ttfb_and_rate(b, plain, target, f); !ok) return ok;
@@ -633,6 +693,7 @@ Result<void> run(const Options& opt) {
   if (auto ok = phase_baseline_rate_and_stunnel(b, plain, target, f); !ok) return ok;
   if (stop_requested()) return fail(Errc::kIo, "interrupted");
   print_table(f, opt);
+  std::printf("  load average %s at the end\n", load_average().c_str());
   if (!g_problems.empty()) {
     std::string all;
     for (const auto& p : g_problems) all += "\n  " + p;

@@ -1,5 +1,7 @@
 #include "stunnel.hpp"
 
+#include <sys/stat.h>
+
 #include <openssl/pem.h>
 
 #include "support/process.hpp"
@@ -35,6 +37,7 @@ Result<std::string> write_side(const e2e::TempDir& dir, const Side& side) {
   if (!cert) return std::unexpected(cert.error());
   auto key = dir.write(prefix + ".key", key_pem(svid.key.get()));
   if (!key) return std::unexpected(key.error());
+  ::chmod(key->c_str(), 0600);
   auto ca = dir.write(prefix + "-ca.pem", side.peer->bundle_pem());
   if (!ca) return std::unexpected(ca.error());
   std::string config =
@@ -62,9 +65,8 @@ Result<std::string> write_side(const e2e::TempDir& dir, const Side& side) {
 Result<e2e::Child> start_side(const e2e::Topology& topology, std::size_t node,
                               const std::string& cgroup, const std::string& config,
                               std::uint16_t port) {
-  auto child = e2e::spawn({.netns = topology.node(node),
-                           .cgroup = cgroup,
-                           .argv = {kStunnelBinary, config}});
+  auto child = e2e::spawn(
+      {.netns = topology.node(node), .cgroup = cgroup, .argv = {kStunnelBinary, config}});
   if (!child) return std::unexpected(child.error());
   if (auto ok = e2e::wait_for_tcp_listen(topology.node(node), port, e2e::kReadyTimeout, &*child);
       !ok) {
@@ -106,8 +108,8 @@ Result<std::string> StunnelPair::version() {
   auto result = testing::run_command({kStunnelBinary, "-version"}, testing::kCommandTimeout,
                                      testing::Output::kMerged);
   if (!result)
-    return fail(result.error().code, result.error().message +
-                                         " (install Debian's stunnel4: bash scripts/setup.sh)");
+    return fail(result.error().code,
+                result.error().message + " (install Debian's stunnel4: bash scripts/setup.sh)");
   for (std::size_t at = 0; at < result->out.size();) {
     auto end = result->out.find('\n', at);
     auto line = result->out.substr(at, end == std::string::npos ? std::string::npos : end - at);

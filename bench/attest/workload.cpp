@@ -119,7 +119,8 @@ class Server {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
-    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return fail_errno("epoll_ctl", errno);
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+      return fail_errno("epoll_ctl", errno);
     return {};
   }
 
@@ -166,7 +167,8 @@ Result<double> transact(const sockaddr_in& target) {
   if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&target), sizeof(target)) != 0)
     return fail_errno("connect", errno);
   char byte = 'q';
-  if (::send(fd.get(), &byte, 1, MSG_NOSIGNAL) != 1) return fail_errno("sending the request", errno);
+  if (::send(fd.get(), &byte, 1, MSG_NOSIGNAL) != 1)
+    return fail_errno("sending the request", errno);
   ssize_t got = ::recv(fd.get(), &byte, 1, 0);
   if (got != 1)
     return got == 0 ? fail(Errc::kIo, "the server closed without a reply")
@@ -212,8 +214,8 @@ int client_rate(const sockaddr_in& target, std::uint64_t threads, double seconds
   Failures failures;
   std::atomic<std::uint64_t> connections{0};
   const auto start = Clock::now();
-  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
-                                    std::chrono::duration<double>(seconds));
+  const auto deadline =
+      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   std::vector<std::thread> workers;
   for (std::uint64_t t = 0; t < threads; ++t) {
     workers.emplace_back([&] {

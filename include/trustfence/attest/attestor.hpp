@@ -28,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -81,6 +82,10 @@ class Attestor {
     // our would-be reason) so it does not cut what we only report.
     bool audit = false;
     AttestorLimits limits;
+    // Writes the decisions made so far to the kernel: called before an
+    // answer goes out, so the peer's payload released by our answer never
+    // meets our socket still pending.
+    std::function<void()> write_decisions;
   };
 
   Attestor(runtime::EventLoop& loop, tls::TlsContext& client, tls::TlsContext& server,

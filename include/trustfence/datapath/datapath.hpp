@@ -62,13 +62,19 @@ class Datapath {
 
   ConnTable& conns() { return *conns_; }
 
-  // Writes verdicts, then pushes out at once the payload that allowed
-  // sockets had held back at egress (listed in tf_held), instead of
-  // leaving it to TCP's probe timer. Returns how many connections were
-  // still there to take their verdict.
+  // Writes verdicts, then has the payload that allowed sockets had held
+  // back at egress (listed in tf_held) pushed out at once, instead of
+  // leaving it to TCP's retransmission timer. The push walks every TCP
+  // socket of the host (~2 ms), so it runs on the resend thread, which
+  // takes everything queued during its previous walk in one go: the caller
+  // never waits for it. Returns how many connections were still there to
+  // take their verdict.
   Result<std::size_t> apply_verdicts(std::span<const std::pair<Cookie, VerdictUpdate>> verdicts);
-  // Pushes the pending frames of these sockets (see bpf/lib/resend.bpf.h).
+  // Pushes the pending frames of these sockets now, on this thread (see
+  // bpf/lib/resend.bpf.h).
   Result<void> resend_held(std::span<const Cookie> cookies);
+  // Waits until the resend thread has pushed everything queued so far.
+  void wait_for_resends();
   // False on kernels without TCP socket iterators that may set options.
   bool resend_supported() const { return resend_link_ != nullptr; }
   Result<tf_stats> stats() const;
@@ -91,6 +97,12 @@ class Datapath {
   UniqueFd pin_lock_;  // flock on pin_dir, held while we run
   std::unique_ptr<tf_datapath, SkeletonDeleter> skel_;
   std::unique_ptr<bpf_link, LinkDeleter> resend_link_;  // not pinned: per agent
+  class ResendThread;
+  struct ResendThreadDeleter {
+    void operator()(ResendThread* thread) const;
+  };
+  // Declared after what it uses, so it is joined before they go.
+  std::unique_ptr<ResendThread, ResendThreadDeleter> resend_thread_;
   std::unique_ptr<ConnTable> conns_;
   std::optional<PerCpuArray<tf_stats>> stats_;
   std::optional<TypedMap<tf_exempt_key, std::uint8_t>> exempt_;

@@ -5,6 +5,7 @@
 
 #include <openssl/pem.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -151,6 +152,30 @@ Result<void> AgentNode::restart(const std::vector<std::string>& extra_config) {
   if (auto ok = write_config(extra_config); !ok) return ok;
   return launch();
 }
+
+Result<int> AgentNode::stop_agent(int signal) {
+  if (!agent_) return fail(Errc::kInvalidArgument, spec_.name + ": no agent runs");
+  // The agent alone, not its process group: nothing but it may see the signal.
+  if (agent_->running() && ::kill(agent_->pid(), signal) != 0)
+    return fail_errno(spec_.name + ": signal " + std::to_string(signal) + " to the agent", errno);
+  auto exit = agent_->wait(kTerminateGrace);
+  if (!exit) return fail(exit.error().code, spec_.name + ": " + exit.error().message);
+  agent_.reset();
+  return *exit;
+}
+
+void AgentNode::kill_hard() {
+  if (auto exit = stop_agent(SIGKILL); !exit)
+    std::fprintf(stderr, "kill_hard: %s\n", exit.error().message.c_str());
+}
+
+Result<void> AgentNode::start_again() {
+  if (agent_running()) return fail(Errc::kInvalidArgument, spec_.name + ": the agent still runs");
+  agent_.reset();
+  return launch();
+}
+
+bool AgentNode::agent_running() { return agent_ && agent_->running(); }
 
 AgentNode::~AgentNode() {
   stop();

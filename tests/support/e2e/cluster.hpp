@@ -73,6 +73,19 @@ class AgentNode {
   // so verdicts, are kept).
   Result<void> restart(const std::vector<std::string>& extra_config);
 
+  // Sends signal to the agent process alone and waits until it is gone:
+  // its exit status as a shell tells it (137 for SIGKILL). The pins, and so
+  // enforcement and verdicts, stay; nobody answers the API until
+  // start_again(). SIGKILL is a crash or the OOM killer, SIGTERM a clean stop.
+  Result<int> stop_agent(int signal);
+  // stop_agent(SIGKILL), failures reported on stderr.
+  void kill_hard();
+  // Starts the agent again with the configuration as it stands and waits
+  // until its API and channel listen, as start() does. Its log starts
+  // over: read log() before, to keep the earlier run's.
+  Result<void> start_again();
+  bool agent_running();
+
   // Rewrites the config with these lines in place of the spec's, without a
   // restart: the agent's file watch reloads it (or send_sighup()).
   Result<void> update_config(const std::vector<std::string>& config);

@@ -44,21 +44,20 @@ TEST_P(IpAddressParses, ToItsCanonicalText) {
   EXPECT_EQ(IpAddress::parse(parsed->str()).value(), *parsed);
 }
 
-INSTANTIATE_TEST_SUITE_P(Table, IpAddressParses,
-                         ::testing::Values(GoodAddress{"10.0.0.1", "10.0.0.1", true},
-                                           GoodAddress{"0.0.0.0", "0.0.0.0", true},
-                                           GoodAddress{"255.255.255.255", "255.255.255.255", true},
-                                           GoodAddress{"fd00::1", "fd00::1", false},
-                                           GoodAddress{"FD00:0:0::01", "fd00::1", false},
-                                           GoodAddress{"::", "::", false},
-                                           GoodAddress{"::1", "::1", false},
-                                           GoodAddress{"2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1",
-                                                       false},
-                                           // v4 written in its v6-mapped form is IPv4.
-                                           GoodAddress{"::ffff:10.0.0.1", "10.0.0.1", true},
-                                           GoodAddress{"::ffff:a00:1", "10.0.0.1", true},
-                                           // v4-compatible (deprecated) is not.
-                                           GoodAddress{"::10.0.0.1", "::10.0.0.1", false}));
+INSTANTIATE_TEST_SUITE_P(
+    Table, IpAddressParses,
+    ::testing::Values(GoodAddress{"10.0.0.1", "10.0.0.1", true},
+                      GoodAddress{"0.0.0.0", "0.0.0.0", true},
+                      GoodAddress{"255.255.255.255", "255.255.255.255", true},
+                      GoodAddress{"fd00::1", "fd00::1", false},
+                      GoodAddress{"FD00:0:0::01", "fd00::1", false}, GoodAddress{"::", "::", false},
+                      GoodAddress{"::1", "::1", false},
+                      GoodAddress{"2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1", false},
+                      // v4 written in its v6-mapped form is IPv4.
+                      GoodAddress{"::ffff:10.0.0.1", "10.0.0.1", true},
+                      GoodAddress{"::ffff:a00:1", "10.0.0.1", true},
+                      // v4-compatible (deprecated) is not.
+                      GoodAddress{"::10.0.0.1", "::10.0.0.1", false}));
 
 class IpAddressRefuses : public ::testing::TestWithParam<std::string> {};
 
@@ -105,7 +104,7 @@ TEST(IpAddress, BytesAreNetworkOrderV4Mapped) {
 
 struct GoodCidr {
   const char* text;
-  const char* str;      // host bits cleared, prefix in the notation of the address
+  const char* str;       // host bits cleared, prefix in the notation of the address
   unsigned prefix_bits;  // of the 128-bit form
 };
 
@@ -126,24 +125,21 @@ TEST_P(CidrParses, ClearingHostBits) {
 
 INSTANTIATE_TEST_SUITE_P(
     Table, CidrParses,
-    ::testing::Values(GoodCidr{"10.0.0.0/8", "10.0.0.0/8", 104},
-                      GoodCidr{"10.1.2.3/8", "10.0.0.0/8", 104},
-                      GoodCidr{"10.1.3.255/23", "10.1.2.0/23", 119},
-                      GoodCidr{"10.1.2.255/31", "10.1.2.254/31", 127},
-                      GoodCidr{"10.1.2.3/32", "10.1.2.3/32", 128},
-                      GoodCidr{"10.1.2.3", "10.1.2.3/32", 128},
-                      GoodCidr{"10.1.2.3/0", "0.0.0.0/0", 96},
-                      GoodCidr{"fd00::1:2/64", "fd00::/64", 64},
-                      GoodCidr{"fd00::ffff/127", "fd00::fffe/127", 127},
-                      GoodCidr{"2001:db8:ffff::/33", "2001:db8:8000::/33", 33},
-                      GoodCidr{"fd00::1/128", "fd00::1/128", 128},
-                      GoodCidr{"fd00::1", "fd00::1/128", 128}, GoodCidr{"::/0", "::/0", 0},
-                      GoodCidr{"ffff::/0", "::/0", 0},
-                      // v4 in v6 form: the prefix counts the 128-bit address.
-                      GoodCidr{"::ffff:10.1.2.3/104", "10.0.0.0/8", 104},
-                      GoodCidr{"::ffff:0.0.0.0/96", "0.0.0.0/0", 96},
-                      GoodCidr{"::ffff:10.1.2.3/128", "10.1.2.3/32", 128},
-                      GoodCidr{"::ffff:10.1.2.3", "10.1.2.3/32", 128}));
+    ::testing::Values(
+        GoodCidr{"10.0.0.0/8", "10.0.0.0/8", 104}, GoodCidr{"10.1.2.3/8", "10.0.0.0/8", 104},
+        GoodCidr{"10.1.3.255/23", "10.1.2.0/23", 119},
+        GoodCidr{"10.1.2.255/31", "10.1.2.254/31", 127},
+        GoodCidr{"10.1.2.3/32", "10.1.2.3/32", 128}, GoodCidr{"10.1.2.3", "10.1.2.3/32", 128},
+        GoodCidr{"10.1.2.3/0", "0.0.0.0/0", 96}, GoodCidr{"fd00::1:2/64", "fd00::/64", 64},
+        GoodCidr{"fd00::ffff/127", "fd00::fffe/127", 127},
+        GoodCidr{"2001:db8:ffff::/33", "2001:db8:8000::/33", 33},
+        GoodCidr{"fd00::1/128", "fd00::1/128", 128}, GoodCidr{"fd00::1", "fd00::1/128", 128},
+        GoodCidr{"::/0", "::/0", 0}, GoodCidr{"ffff::/0", "::/0", 0},
+        // v4 in v6 form: the prefix counts the 128-bit address.
+        GoodCidr{"::ffff:10.1.2.3/104", "10.0.0.0/8", 104},
+        GoodCidr{"::ffff:0.0.0.0/96", "0.0.0.0/0", 96},
+        GoodCidr{"::ffff:10.1.2.3/128", "10.1.2.3/32", 128},
+        GoodCidr{"::ffff:10.1.2.3", "10.1.2.3/32", 128}, GoodCidr{"::ffff:10.1.2.3/8", "::/8", 8}));
 
 class CidrRefuses : public ::testing::TestWithParam<std::string> {};
 
@@ -181,57 +177,55 @@ TEST_P(CidrContains, AtThePrefixBoundary) {
   EXPECT_EQ(cidr->contains(ip(c.address)), c.contained);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    V4, CidrContains,
-    ::testing::Values(Containment{"10.0.0.0/8", "10.0.0.0", true},
-                      Containment{"10.0.0.0/8", "10.255.255.255", true},
-                      Containment{"10.0.0.0/8", "9.255.255.255", false},
-                      Containment{"10.0.0.0/8", "11.0.0.0", false},
-                      Containment{"10.1.2.0/23", "10.1.2.0", true},
-                      Containment{"10.1.2.0/23", "10.1.3.255", true},
-                      Containment{"10.1.2.0/23", "10.1.1.255", false},
-                      Containment{"10.1.2.0/23", "10.1.4.0", false},
-                      Containment{"10.1.2.128/25", "10.1.2.127", false},
-                      Containment{"10.1.2.128/25", "10.1.2.128", true},
-                      Containment{"192.168.1.7/32", "192.168.1.7", true},
-                      Containment{"192.168.1.7/32", "192.168.1.6", false},
-                      Containment{"192.168.1.7/32", "192.168.1.8", false},
-                      Containment{"0.0.0.0/0", "0.0.0.0", true},
-                      Containment{"0.0.0.0/0", "255.255.255.255", true},
-                      // An IPv4 CIDR never holds an IPv6 address.
-                      Containment{"0.0.0.0/0", "::", false},
-                      Containment{"0.0.0.0/0", "::1", false},
-                      Containment{"0.0.0.0/0", "::10.0.0.1", false},
-                      Containment{"10.0.0.0/8", "fd00::a00:1", false},
-                      // v4 written in v6 form is the same address.
-                      Containment{"10.0.0.0/8", "::ffff:10.0.0.1", true},
-                      Containment{"::ffff:10.0.0.0/104", "10.0.0.1", true},
-                      Containment{"::ffff:10.0.0.0/104", "11.0.0.1", false}));
+INSTANTIATE_TEST_SUITE_P(V4, CidrContains,
+                         ::testing::Values(Containment{"10.0.0.0/8", "10.0.0.0", true},
+                                           Containment{"10.0.0.0/8", "10.255.255.255", true},
+                                           Containment{"10.0.0.0/8", "9.255.255.255", false},
+                                           Containment{"10.0.0.0/8", "11.0.0.0", false},
+                                           Containment{"10.1.2.0/23", "10.1.2.0", true},
+                                           Containment{"10.1.2.0/23", "10.1.3.255", true},
+                                           Containment{"10.1.2.0/23", "10.1.1.255", false},
+                                           Containment{"10.1.2.0/23", "10.1.4.0", false},
+                                           Containment{"10.1.2.128/25", "10.1.2.127", false},
+                                           Containment{"10.1.2.128/25", "10.1.2.128", true},
+                                           Containment{"192.168.1.7/32", "192.168.1.7", true},
+                                           Containment{"192.168.1.7/32", "192.168.1.6", false},
+                                           Containment{"192.168.1.7/32", "192.168.1.8", false},
+                                           Containment{"0.0.0.0/0", "0.0.0.0", true},
+                                           Containment{"0.0.0.0/0", "255.255.255.255", true},
+                                           // An IPv4 CIDR never holds an IPv6 address.
+                                           Containment{"0.0.0.0/0", "::", false},
+                                           Containment{"0.0.0.0/0", "::1", false},
+                                           Containment{"0.0.0.0/0", "::10.0.0.1", false},
+                                           Containment{"10.0.0.0/8", "fd00::a00:1", false},
+                                           // v4 written in v6 form is the same address.
+                                           Containment{"10.0.0.0/8", "::ffff:10.0.0.1", true},
+                                           Containment{"::ffff:10.0.0.0/104", "10.0.0.1", true},
+                                           Containment{"::ffff:10.0.0.0/104", "11.0.0.1", false},
+                                           // ... and its prefix counts v6 bits: all of ::/8.
+                                           Containment{"::ffff:10.0.0.0/8", "11.0.0.1", true},
+                                           Containment{"::ffff:10.0.0.0/8", "fd00::1", false}));
 
 INSTANTIATE_TEST_SUITE_P(
     V6, CidrContains,
-    ::testing::Values(Containment{"fd00::/8", "fd00::1", true},
-                      Containment{"fd00::/8", "fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
-                      Containment{"fd00::/8", "fcff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false},
-                      Containment{"fd00::/8", "fe00::", false},
-                      Containment{"fe80::/10", "febf:ffff::1", true},
-                      Containment{"fe80::/10", "fec0::", false},
-                      Containment{"fe80::/10", "fe7f:ffff::1", false},
-                      Containment{"2001:db8::/33", "2001:db8:7fff:ffff::1", true},
-                      Containment{"2001:db8::/33", "2001:db8:8000::", false},
-                      Containment{"2001:db8::/127", "2001:db8::", true},
-                      Containment{"2001:db8::/127", "2001:db8::1", true},
-                      Containment{"2001:db8::/127", "2001:db8::2", false},
-                      Containment{"2001:db8::1/128", "2001:db8::1", true},
-                      Containment{"2001:db8::1/128", "2001:db8::", false},
-                      Containment{"2001:db8::1/128", "2001:db8::2", false},
-                      Containment{"::/0", "fd00::1", true},
-                      Containment{"::/0", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
-                      // IPv4 is held v4-mapped, so all of v6 holds it too.
-                      Containment{"::/0", "10.0.0.1", true},
-                      Containment{"::ffff:0:0/96", "10.0.0.1", true},
-                      Containment{"::ffff:0:0/96", "::1", false},
-                      Containment{"fd00::/8", "10.0.0.1", false}));
+    ::testing::Values(
+        Containment{"fd00::/8", "fd00::1", true},
+        Containment{"fd00::/8", "fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
+        Containment{"fd00::/8", "fcff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false},
+        Containment{"fd00::/8", "fe00::", false}, Containment{"fe80::/10", "febf:ffff::1", true},
+        Containment{"fe80::/10", "fec0::", false}, Containment{"fe80::/10", "fe7f:ffff::1", false},
+        Containment{"2001:db8::/33", "2001:db8:7fff:ffff::1", true},
+        Containment{"2001:db8::/33", "2001:db8:8000::", false},
+        Containment{"2001:db8::/127", "2001:db8::", true},
+        Containment{"2001:db8::/127", "2001:db8::1", true},
+        Containment{"2001:db8::/127", "2001:db8::2", false},
+        Containment{"2001:db8::1/128", "2001:db8::1", true},
+        Containment{"2001:db8::1/128", "2001:db8::", false},
+        Containment{"2001:db8::1/128", "2001:db8::2", false}, Containment{"::/0", "fd00::1", true},
+        Containment{"::/0", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
+        // IPv4 is held v4-mapped, so all of v6 holds it too.
+        Containment{"::/0", "10.0.0.1", true}, Containment{"::ffff:0:0/96", "10.0.0.1", true},
+        Containment{"::ffff:0:0/96", "::1", false}, Containment{"fd00::/8", "10.0.0.1", false}));
 
 // --- SocketAddress ------------------------------------------------------------------
 
@@ -276,14 +270,15 @@ TEST_P(SocketAddressRefuses, NamingTheText) {
       << parsed.error().message;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Table, SocketAddressRefuses,
-    ::testing::Values("", "10.0.0.1", "10.0.0.1:", ":7400", "10.0.0.1:0", "10.0.0.1:65536",
-                      "10.0.0.1:99999", "10.0.0.1:-1", "10.0.0.1:+80", "10.0.0.1: 80",
-                      "10.0.0.1:80 ", "10.0.0.1:http", "host.example:7400", "fd00::1:7400",
-                      "::1:7400", "fd00::1", "[fd00::1]", "[fd00::1]:", "[fd00::1]7400",
-                      "[fd00::1]:0", "[fd00::1]:65536", "[fd00::1:7400", "[]:7400",
-                      "[fd00::1]:7400:1", "10.0.0.1:7400:1"));
+INSTANTIATE_TEST_SUITE_P(Table, SocketAddressRefuses,
+                         ::testing::Values("", "10.0.0.1", "10.0.0.1:", ":7400", "10.0.0.1:0",
+                                           "10.0.0.1:65536", "10.0.0.1:99999", "10.0.0.1:-1",
+                                           "10.0.0.1:+80", "10.0.0.1: 80", "10.0.0.1:80 ",
+                                           "10.0.0.1:http", "host.example:7400", "fd00::1:7400",
+                                           "::1:7400", "fd00::1", "[fd00::1]",
+                                           "[fd00::1]:", "[fd00::1]7400", "[fd00::1]:0",
+                                           "[fd00::1]:65536", "[fd00::1:7400", "[]:7400",
+                                           "[fd00::1]:7400:1", "10.0.0.1:7400:1"));
 
 TEST(SocketAddress, BracketsAreRequiredForIpv6) {
   auto parsed = SocketAddress::parse("fd00::1:7400");
@@ -325,8 +320,7 @@ TEST(SocketAddress, ToSockaddrRoundTripsV6) {
 
   std::uint32_t words[4];
   std::memcpy(words, &sin6->sin6_addr, 16);
-  EXPECT_EQ(SocketAddress(IpAddress::from_words(words, AF_INET6), ntohs(sin6->sin6_port)),
-            address);
+  EXPECT_EQ(SocketAddress(IpAddress::from_words(words, AF_INET6), ntohs(sin6->sin6_port)), address);
 }
 
 // The kernel agrees: bind to what to_sockaddr made and read it back.
@@ -346,8 +340,8 @@ TEST(SocketAddress, ToSockaddrBindsOnLoopback) {
     socklen_t bound_length = sizeof(bound);
     ASSERT_EQ(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &bound_length), 0);
     ASSERT_EQ(bound_length, length);
-    std::uint16_t port = ntohs(address.ip().is_v4()
-                                   ? reinterpret_cast<const sockaddr_in*>(&bound)->sin_port
+    std::uint16_t port =
+        ntohs(address.ip().is_v4() ? reinterpret_cast<const sockaddr_in*>(&bound)->sin_port
                                    : reinterpret_cast<const sockaddr_in6*>(&bound)->sin6_port);
     EXPECT_NE(port, 0);
     const SocketAddress with_port(address.ip(), port);

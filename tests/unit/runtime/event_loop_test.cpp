@@ -69,11 +69,14 @@ class EventLoopTest : public ::testing::Test {
 TEST_F(EventLoopTest, ReadyDescriptorCallbackFiresWithItsEvents) {
   Pipe pipe;
   std::uint32_t seen = 0;
-  ASSERT_TRUE(loop_.add(pipe.fd(), EPOLLIN, [&](std::uint32_t events) {
-                seen = events;
-                pipe.drain();
-                loop_.stop();
-              }).has_value());
+  ASSERT_TRUE(loop_
+                  .add(pipe.fd(), EPOLLIN,
+                       [&](std::uint32_t events) {
+                         seen = events;
+                         pipe.drain();
+                         loop_.stop();
+                       })
+                  .has_value());
   EXPECT_EQ(loop_.watched(), 1u);
   pipe.poke();
   run();
@@ -84,10 +87,13 @@ TEST_F(EventLoopTest, ModifyChangesTheEventsWatched) {
   Pipe pipe;
   std::vector<std::uint32_t> seen;
   // The write end of an empty pipe is writable at once.
-  ASSERT_TRUE(loop_.add(pipe.write_end.get(), 0, [&](std::uint32_t events) {
-                seen.push_back(events);
-                loop_.stop();
-              }).has_value());
+  ASSERT_TRUE(loop_
+                  .add(pipe.write_end.get(), 0,
+                       [&](std::uint32_t events) {
+                         seen.push_back(events);
+                         loop_.stop();
+                       })
+                  .has_value());
   ASSERT_TRUE(loop_.modify(pipe.write_end.get(), EPOLLOUT).has_value());
   run();
   ASSERT_EQ(seen.size(), 1u);
@@ -113,10 +119,13 @@ TEST_F(EventLoopTest, ACallbackRemovingItselfIsNotCalledAgain) {
   Pipe pipe;
   auto calls = std::make_shared<int>(0);
   // The callback owns state it uses after removing itself.
-  ASSERT_TRUE(loop_.add(pipe.fd(), EPOLLIN, [this, &pipe, calls](std::uint32_t) {
-                loop_.remove(pipe.fd());
-                ++*calls;  // still alive: remove() from inside is safe
-              }).has_value());
+  ASSERT_TRUE(loop_
+                  .add(pipe.fd(), EPOLLIN,
+                       [this, &pipe, calls](std::uint32_t) {
+                         loop_.remove(pipe.fd());
+                         ++*calls;  // still alive: remove() from inside is safe
+                       })
+                  .has_value());
   pipe.poke();  // never drained: level-triggered, it would fire every round
   loop_.after(50ms, [this] { loop_.stop(); });
   run();
@@ -131,11 +140,14 @@ TEST_F(EventLoopTest, ADescriptorRemovedByAnEarlierCallbackInTheRoundIsSkipped) 
   Pipe a, b;
   std::vector<int> called;
   auto add = [&](Pipe* self, Pipe* other, int which) {
-    ASSERT_TRUE(loop_.add(self->fd(), EPOLLIN, [&called, this, self, other, which](std::uint32_t) {
-                  called.push_back(which);
-                  loop_.remove(other->fd());
-                  self->drain();
-                }).has_value());
+    ASSERT_TRUE(loop_
+                    .add(self->fd(), EPOLLIN,
+                         [&called, this, self, other, which](std::uint32_t) {
+                           called.push_back(which);
+                           loop_.remove(other->fd());
+                           self->drain();
+                         })
+                    .has_value());
   };
   add(&a, &b, 1);
   add(&b, &a, 2);
@@ -156,20 +168,26 @@ TEST_F(EventLoopTest, ADescriptorReAddedInTheRoundGetsOnlyNewEvents) {
   std::vector<int> new_callback_rounds;
   int old_calls = 0;
   auto add = [&](Pipe* self, Pipe* other) {
-    ASSERT_TRUE(loop_.add(self->fd(), EPOLLIN, [&, self, other](std::uint32_t) {
-                  if (removed_in_round >= 0) {
-                    ++old_calls;
-                    return;
-                  }
-                  removed_in_round = rounds_;
-                  loop_.remove(other->fd());
-                  ASSERT_TRUE(loop_.add(other->fd(), EPOLLIN, [&, other](std::uint32_t) {
-                                new_callback_rounds.push_back(rounds_);
-                                other->drain();
-                                loop_.stop();
-                              }).has_value());
-                  self->drain();
-                }).has_value());
+    ASSERT_TRUE(loop_
+                    .add(self->fd(), EPOLLIN,
+                         [&, self, other](std::uint32_t) {
+                           if (removed_in_round >= 0) {
+                             ++old_calls;
+                             return;
+                           }
+                           removed_in_round = rounds_;
+                           loop_.remove(other->fd());
+                           ASSERT_TRUE(loop_
+                                           .add(other->fd(), EPOLLIN,
+                                                [&, other](std::uint32_t) {
+                                                  new_callback_rounds.push_back(rounds_);
+                                                  other->drain();
+                                                  loop_.stop();
+                                                })
+                                           .has_value());
+                           self->drain();
+                         })
+                    .has_value());
   };
   add(&a, &b);
   add(&b, &a);
@@ -182,6 +200,7 @@ TEST_F(EventLoopTest, ADescriptorReAddedInTheRoundGetsOnlyNewEvents) {
 }
 
 TEST_F(EventLoopTest, TimersFireInDeadlineOrder) {
+  const auto start = SteadyClock::now();
   std::vector<std::string> fired;
   loop_.after(30ms, [&] {
     fired.push_back("30ms");
@@ -191,7 +210,6 @@ TEST_F(EventLoopTest, TimersFireInDeadlineOrder) {
   loop_.after(20ms, [&] { fired.push_back("20ms"); });
   loop_.after(0ms, [&] { fired.push_back("0ms"); });
   EXPECT_EQ(loop_.timers(), 4u);
-  const auto start = SteadyClock::now();
   run();
   EXPECT_THAT(fired, ElementsAre("0ms", "10ms", "20ms", "30ms"));
   EXPECT_GE(SteadyClock::now() - start, 30ms);
@@ -274,10 +292,13 @@ TEST_F(EventLoopTest, ATimerReArmingItselfDoesNotStarveDescriptors) {
 TEST_F(EventLoopTest, RoundEndHooksRunAfterDescriptorsAndTimersInOrder) {
   Pipe pipe;
   std::vector<std::string> log;
-  ASSERT_TRUE(loop_.add(pipe.fd(), EPOLLIN, [&](std::uint32_t) {
-                log.push_back("fd");
-                pipe.drain();
-              }).has_value());
+  ASSERT_TRUE(loop_
+                  .add(pipe.fd(), EPOLLIN,
+                       [&](std::uint32_t) {
+                         log.push_back("fd");
+                         pipe.drain();
+                       })
+                  .has_value());
   loop_.after(0ms, [&] { log.push_back("timer"); });
   loop_.on_round_end([&] { log.push_back("end 1"); });
   loop_.on_round_end([&] {
@@ -308,11 +329,14 @@ TEST_F(EventLoopTest, StopLeavesTheRestOfTheRoundForTheNextRun) {
   int fd_calls = 0;
   bool stop_on_fd = true;
   for (Pipe* p : {&a, &b}) {
-    ASSERT_TRUE(loop_.add(p->fd(), EPOLLIN, [&, p](std::uint32_t) {
-                  ++fd_calls;
-                  p->drain();
-                  if (stop_on_fd) loop_.stop();
-                }).has_value());
+    ASSERT_TRUE(loop_
+                    .add(p->fd(), EPOLLIN,
+                         [&, p](std::uint32_t) {
+                           ++fd_calls;
+                           p->drain();
+                           if (stop_on_fd) loop_.stop();
+                         })
+                    .has_value());
   }
   bool timer_fired = false;
   loop_.after(0ms, [&] { timer_fired = true; });
