@@ -14,6 +14,8 @@
 #include <tuple>
 
 #include "trustfence/api/conn_json.hpp"
+#include "trustfence/api/metrics_server.hpp"
+#include "trustfence/api/prometheus.hpp"
 #include "trustfence/api/server.hpp"
 #include "trustfence/attest/attestor.hpp"
 #include "trustfence/common/verdict.hpp"
@@ -115,13 +117,14 @@ class NodeAgent {
       identity_ = std::make_unique<NodeIdentity>(std::move(*id));
       workloads_ = std::make_unique<attest::WorkloadIdentities>(identity_->agent_id,
                                                                 config_.attestation.workloads);
-      attestor_.emplace(loop_, *identity_->client, *identity_->server, interner_, *workloads_,
-                        attest::Attestor::Options{.attestation = config_.attestation,
-                                                  .rules = config_.identity->rules,
-                                                  .generation = 1,
-                                                  .audit = config_.datapath.mode == TF_MODE_AUDIT,
-                                                  .limits = {},
-                                                  .write_decisions = [this] { write_decisions(); }});
+      attestor_.emplace(
+          loop_, *identity_->client, *identity_->server, interner_, *workloads_,
+          attest::Attestor::Options{.attestation = config_.attestation,
+                                    .rules = config_.identity->rules,
+                                    .generation = 1,
+                                    .audit = config_.datapath.mode == TF_MODE_AUDIT,
+                                    .limits = {},
+                                    .write_decisions = [this] { write_decisions(); }});
       auto listener = listen_on(config_.attestation.listen);
       if (!listener) return std::unexpected(listener.error());
       listener_ = std::move(*listener);
@@ -147,6 +150,20 @@ class NodeAgent {
     if (!api) return std::unexpected(api.error());
     api_ = std::move(*api);
     spdlog::info("query API on {}", config_.api.socket);
+    if (config_.api.metrics) {
+      auto metrics = api::MetricsServer::start(
+          loop_, *config_.api.metrics,
+          {.metrics = [this] { return render_metrics(); },
+           .ready = [this]() -> std::pair<bool, std::string> {
+             if (!last_reload_error_.empty())
+               return {true, "ready; the last reload was refused: " + last_reload_error_};
+             return {true, "ready"};
+           }});
+      if (!metrics) return std::unexpected(metrics.error());
+      metrics_ = std::move(*metrics);
+      spdlog::info("metrics on http://{}/metrics", config_.api.metrics->str());
+    }
+    check_svid_expiry();
 
     loop_.on_round_end([this] {
       poll_events();
@@ -260,6 +277,102 @@ class NodeAgent {
     return {};
   }
 
+  // Our own SVID about to expire is an alarm: peers will refuse us then.
+  void check_svid_expiry() {
+    if (identity_) {
+      auto left = identity_->svid_not_after - std::chrono::system_clock::now();
+      auto minutes = std::chrono::duration_cast<std::chrono::minutes>(left).count();
+      if (left <= std::chrono::seconds(0))
+        spdlog::error("our SVID {} has EXPIRED: peers refuse our channels; rotate svid-cert",
+                      identity_->agent_id.str());
+      else if (left < std::chrono::hours(1))
+        spdlog::warn("our SVID {} expires in {} minutes; rotate svid-cert (the agent reloads it)",
+                     identity_->agent_id.str(), minutes);
+    }
+    loop_.after(std::chrono::seconds(60), [this] { check_svid_expiry(); });
+  }
+
+  std::string render_metrics() {
+    api::Exposition out;
+    auto entries = dp_->conns().snapshot();
+    auto stats = dp_->stats();
+    if (entries) {
+      std::map<std::string, std::uint64_t> by_verdict = {{"pending", 0}, {"allow", 0}, {"deny", 0}};
+      for (const auto& [cookie, conn] : *entries)
+        if (auto v = verdict_from_byte(conn.verdict)) ++by_verdict[std::string(to_string(*v))];
+      for (const auto& [verdict, n] : by_verdict)
+        out.gauge("trustfence_connections", "Open tracked connections by verdict",
+                  {{"verdict", verdict}}, n);
+      out.gauge("trustfence_pending_connections", "Connections awaiting a verdict", {},
+                by_verdict["pending"]);
+      out.gauge("trustfence_conns_map_entries", "Entries in tf_conns", {}, entries->size());
+    }
+    out.gauge("trustfence_conns_map_capacity", "Capacity of tf_conns", {}, dp_->conns().capacity());
+    if (stats) {
+      for (int d = 0; d < TF_PACKET_DIR_COUNT; ++d)
+        for (int a = 0; a < TF_ACTION_COUNT; ++a)
+          for (int r = 0; r < TF_REASON_COUNT; ++r)
+            if (auto n = stats->packets[d][a][r]; n != 0)
+              out.counter("trustfence_packets_total",
+                          "Packets through the datapath by direction, action and reason",
+                          {{"direction", to_string(static_cast<tf_packet_dir>(d))},
+                           {"action", to_string(static_cast<tf_action>(a))},
+                           {"reason", to_string(static_cast<tf_reason>(r))}},
+                          n);
+      for (int c = 0; c < TF_COUNTER_COUNT; ++c)
+        out.counter("trustfence_datapath_events_total", "Connection-level datapath counters",
+                    {{"event", to_string(static_cast<tf_counter>(c))}}, stats->counters[c]);
+    }
+    for (const auto& [key, count] : decisions_) {
+      const auto& [verdict, reason, td] = key;
+      out.counter("trustfence_decisions_total",
+                  "Verdicts made by verdict, reason and peer trust domain (in audit mode the "
+                  "denials are would-be denials)",
+                  {{"verdict", verdict}, {"reason", reason}, {"peer_trust_domain", td}}, count);
+    }
+    out.histogram("trustfence_attestation_latency_seconds",
+                  "From a connection's establishment to its verdict", {}, attestation_latency_);
+    if (attestor_) {
+      auto a = attestor_->stats();
+      std::map<std::pair<std::string, std::string>, std::uint64_t> channels;
+      for (const auto& c : a["channels"]) ++channels[{c.value("side", ""), c.value("state", "")}];
+      for (const auto& [key, n] : channels)
+        out.gauge("trustfence_channels", "Agent channels by side and state",
+                  {{"side", key.first}, {"state", key.second}}, n);
+      for (const auto& [kind, n] : a["attestation"]["channel_closes"].items())
+        out.counter("trustfence_channel_closes_total", "Channels closed, by why", {{"kind", kind}},
+                    n.get<std::uint64_t>());
+      for (const char* name :
+           {"requests_sent", "requests_served", "responses", "foreign_vouching", "wrong_agent",
+            "unmatched_requests", "handshakes_refused", "revoked"}) {
+        out.counter(std::string("trustfence_attestation_") + name + "_total",
+                    "Attestation counter (see trustfence stats)", {},
+                    a["attestation"][name].get<std::uint64_t>());
+      }
+    }
+    out.gauge("trustfence_config_generation", "Configuration generation in effect", {},
+              generation_);
+    out.counter("trustfence_config_reloads_total", "Reloads attempted", {}, reloads_);
+    out.counter("trustfence_config_reload_failures_total", "Reloads refused (invalid)", {},
+                reload_failures_);
+    out.gauge("trustfence_config_last_reload_ok", "1 unless the last reload was refused", {},
+              last_reload_error_.empty() ? 1 : 0);
+    auto unix_seconds = [](std::chrono::system_clock::time_point t) {
+      return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+    };
+    if (identity_) {
+      out.gauge("trustfence_svid_expiry_timestamp_seconds", "notAfter of the agent's own SVID",
+                {{"spiffe_id", identity_->agent_id.str()}},
+                unix_seconds(identity_->svid_not_after));
+      for (const auto& [td, not_after] : bundle_expiry(*identity_->bundles))
+        out.gauge("trustfence_bundle_expiry_timestamp_seconds",
+                  "Earliest notAfter among a trust domain's bundle authorities",
+                  {{"trust_domain", td.name()}}, unix_seconds(not_after));
+    }
+    api::append_to(out, metrics_->stats());
+    return out.text();
+  }
+
   // Audit let denied connections run; enforcing now, they are cut the way
   // a fresh denial is, instead of hanging on dropped packets.
   void cut_denied() {
@@ -364,6 +477,9 @@ class NodeAgent {
     }
     for (const auto& d : decisions) {
       remember_decision(d);
+      if (d.conn.verdict == TF_VERDICT_PENDING && d.update.decided_ns > d.conn.created_ns)
+        attestation_latency_.observe(
+            std::chrono::nanoseconds(d.update.decided_ns - d.conn.created_ns));
       auto line = fmt::format(
           "{} {} {} -> {} cookie={} peer={} reason={}: {}", to_string(d.update.verdict),
           to_string(static_cast<tf_direction>(d.conn.direction)),
@@ -601,6 +717,8 @@ class NodeAgent {
   UniqueFd listener_;
   std::optional<datapath::EventReader> events_;
   std::unique_ptr<api::Server> api_;
+  std::unique_ptr<api::MetricsServer> metrics_;
+  api::LatencyHistogram attestation_latency_;
   std::deque<Closed> closed_;
   std::deque<nlohmann::json> watch_;  // recent decisions, for `trustfence watch`
   std::uint64_t next_seq_ = 1;

@@ -1,5 +1,7 @@
 #include "trustfence/runtime/node_identity.hpp"
 
+#include <ctime>
+
 #include "trustfence/common/verdict.hpp"
 
 namespace trustfence::runtime {
@@ -70,6 +72,22 @@ std::set<identity::TrustDomain> weakened_domains(const tls::BundleSet& before,
         out.insert(td);
         break;
       }
+    }
+  }
+  return out;
+}
+
+std::map<identity::TrustDomain, std::chrono::system_clock::time_point> bundle_expiry(
+    const tls::BundleSet& bundles) {
+  std::map<identity::TrustDomain, std::chrono::system_clock::time_point> out;
+  for (const auto& td : bundles.domains()) {
+    const tls::Bundle* bundle = bundles.find(td);
+    for (const auto& cert : bundle->authorities) {
+      std::tm tm{};
+      if (ASN1_TIME_to_tm(X509_get0_notAfter(cert.get()), &tm) != 1) continue;
+      auto at = std::chrono::system_clock::from_time_t(timegm(&tm));
+      auto [it, inserted] = out.emplace(td, at);
+      if (!inserted && at < it->second) it->second = at;
     }
   }
   return out;

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <sstream>
 #include <thread>
 
 #include "support/e2e/cluster.hpp"
@@ -171,6 +172,60 @@ TEST_F(Operations, AuditCountsWouldBeDenialsThenEnforceCutsThem) {
   for (const auto& row : *rows)
     if (row.value("state", "") == "open")
       EXPECT_NE(row["verdict"], "deny") << "a denied connection is still open: " << row.dump();
+}
+
+// The value of the sample whose line starts with prefix (name and labels).
+std::optional<double> sample(const std::string& text, const std::string& prefix) {
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);)
+    if (line.starts_with(prefix + " ")) return std::stod(line.substr(prefix.size() + 1));
+  return std::nullopt;
+}
+
+TEST_F(Operations, MetricsOverHttpReflectTheTraffic) {
+  auto n1 = start(0, {"trust-domain-alias = team-b.eks.local", "metrics = 127.0.0.1:9464"});
+  auto n2 = start(1, {"trust-domain-alias = team-a.gke.local"});
+  auto n3 = start(2, {});
+  auto server = serve(*n1);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(fetch(*n2), 0);
+  for (int i = 0; i < 2; ++i) EXPECT_NE(fetch(*n3), 0);
+  auto get = [&](const std::string& path) {
+    auto r = run_client(n1->netns(), "",
+                        {"curl", "-sS", "-w", "\n%{http_code}", "http://127.0.0.1:9464" + path});
+    EXPECT_TRUE(r.has_value());
+    return r ? r->out : std::string();
+  };
+  EXPECT_TRUE(get("/healthz").ends_with("\n200"));
+  EXPECT_TRUE(get("/readyz").ends_with("\n200"));
+  std::string text;
+  std::optional<double> denied;
+  for (int i = 0; i < 50; ++i) {  // the denials' verdicts land within a round
+    text = get("/metrics");
+    denied = sample(
+        text,
+        R"(trustfence_decisions_total{verdict="deny",reason="domain-not-allowed",peer_trust_domain="team-c.local"})");
+    if (denied && *denied >= 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(denied, 2.0) << text;
+  EXPECT_EQ(
+      sample(
+          text,
+          R"(trustfence_decisions_total{verdict="allow",reason="alias-domain",peer_trust_domain="team-b.eks.local"})"),
+      3.0)
+      << text;
+  EXPECT_EQ(sample(text, "trustfence_attestation_latency_seconds_count"), 5.0) << text;
+  EXPECT_EQ(sample(text, "trustfence_config_generation"), 1.0) << text;
+  EXPECT_EQ(sample(text, "trustfence_pending_connections"), 0.0) << text;
+  EXPECT_TRUE(sample(
+      text,
+      R"(trustfence_svid_expiry_timestamp_seconds{spiffe_id="spiffe://team-a.gke.local/ns/trustfence/sa/agent"})"))
+      << text;
+  EXPECT_TRUE(
+      sample(text, R"(trustfence_bundle_expiry_timestamp_seconds{trust_domain="team-c.local"})"))
+      << text;
+  EXPECT_NE(text.find("# TYPE trustfence_attestation_latency_seconds histogram"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 // as a whole on reload: the bundles, the verifier and its cache, and the
 // TLS contexts made from the agent's own SVID.
 
+#include <chrono>
+#include <map>
 #include <memory>
 #include <set>
 
@@ -35,5 +37,9 @@ Result<NodeIdentity> load_node_identity(const config::IdentityConfig& config);
 // between before and after: connections from them must be re-verified.
 std::set<identity::TrustDomain> weakened_domains(const tls::BundleSet& before,
                                                  const tls::BundleSet& after);
+
+// The earliest notAfter among each trust domain's authorities.
+std::map<identity::TrustDomain, std::chrono::system_clock::time_point> bundle_expiry(
+    const tls::BundleSet& bundles);
 
 }  // namespace trustfence::runtime
