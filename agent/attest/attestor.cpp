@@ -218,6 +218,7 @@ void Attestor::on_channel_ready(const net::SocketAddress& agent, Channel& channe
   PeerSlot& slot = peers_[agent];
   slot.backoff = std::chrono::milliseconds(0);
   slot.last_failure.reset();
+  slot.last_ready = runtime::SteadyClock::now();
   spdlog::info("channel to {} ready: peer {}{}", agent.str(), channel.peer()->id.str(),
                channel.resumed() ? " (resumed)" : "");
   slot.waiting_inbound.clear();  // their attestations come from the peer
@@ -243,7 +244,9 @@ void Attestor::on_channel_closed(const net::SocketAddress& agent, Channel& chann
                                  const CloseReason& reason) {
   ++counters_.channel_closes[std::string(to_string(reason.kind))];
   PeerSlot& slot = peers_[agent];
-  bool was_ready = channel.peer() != nullptr && reason.kind != Kind::kHandshakeFailed &&
+  // TLS 1.3: a client is "ready" before the server checked its SVID, and
+  // learns of a rejection on its first read (kHandshakeFailed).
+  bool was_ready = channel.was_ready() && reason.kind != Kind::kHandshakeFailed &&
                    reason.kind != Kind::kPeerRejected;
   if (auto session = channel.session()) slot.session = std::move(session);
   if (slot.channel.get() == &channel) closed_.push_back(std::move(slot.channel));
@@ -264,6 +267,24 @@ void Attestor::on_channel_closed(const net::SocketAddress& agent, Channel& chann
                  reason.detail);
     for (auto cookie : resend) slot.waiting_outbound.push_back(cookie);
     if (!slot.waiting_outbound.empty()) connect(agent, slot);
+    return;
+  }
+  // Refused, reset mid-handshake, timed out: a peer agent ready moments ago
+  // is restarting, not absent. (One that rejects our SVID now waits out the
+  // deadline instead of failing at once; a verification failure of its own
+  // SVID still denies at once.)
+  bool restarting = reason.kind != Kind::kPeerRejected && reason.kind != Kind::kViolation &&
+                    reason.kind != Kind::kOverflow && slot.last_ready &&
+                    runtime::SteadyClock::now() - *slot.last_ready < options_.limits.restart_grace;
+  if (restarting) {
+    // Its connections keep waiting (their deadlines still bound them).
+    for (auto cookie : resend) slot.waiting_outbound.push_back(cookie);
+    spdlog::info("peer agent {} refuses connections: restarting? retrying in {} ms", agent.str(),
+                 options_.limits.min_backoff.count());
+    loop_.after(options_.limits.min_backoff, [this, agent] {
+      PeerSlot& s = peers_[agent];
+      if (!s.waiting_outbound.empty() || !s.waiting_inbound.empty()) connect(agent, s);
+    });
     return;
   }
   spdlog::warn("channel to {} failed ({}: {})", agent.str(), to_string(reason.kind), reason.detail);
@@ -305,9 +326,15 @@ void Attestor::accept(UniqueFd fd, const net::SocketAddress& from) {
   }
   Channel::Callbacks callbacks{
       .on_ready =
-          [](Channel& channel) {
+          [this](Channel& channel) {
             spdlog::info("channel from {} ready: peer {}{}", channel.remote().str(),
                          channel.peer()->id.str(), channel.resumed() ? " (resumed)" : "");
+            // That agent is up (again): stop backing off from it.
+            for (auto& [agent, slot] : peers_) {
+              if (agent.ip() != channel.remote().ip() || !slot.last_failure) continue;
+              slot.last_failure.reset();
+              slot.backoff = std::chrono::milliseconds(0);
+            }
           },
       .on_message = [this](Channel& channel,
                            Message&& message) { on_message(channel, std::move(message)); },
@@ -414,9 +441,18 @@ void Attestor::handle_request(Channel& channel, const AttestRequest& request) {
     for (auto it = range.first; it != range.second; ++it) {
       if (it->second.channel_id != channel_id || it->second.request.request_id != request_id)
         continue;
+      AttestRequest request = it->second.request;
       parked_.erase(it);
+      Channel* c = channel_by_id(channel_id);
+      // No new socket came: the closed one it names gets its verdict.
+      auto local = by_tuple_.find(key);
+      if (c && local != by_tuple_.end() &&
+          conns_.at(local->second).conn.direction == TF_DIRECTION_INBOUND) {
+        answer(*c, request, local->second);
+        return;
+      }
       ++counters_.unmatched_requests;
-      if (Channel* c = channel_by_id(channel_id))
+      if (c)
         c->send(AttestResponse{request_id, std::nullopt, TF_VERDICT_DENY,
                                TF_REASON_ATTESTATION_TIMEOUT});
       return;

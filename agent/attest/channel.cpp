@@ -176,6 +176,7 @@ void Channel::drive_handshake() {
   switch (stream_->handshake()) {
     case tls::TlsStream::Status::kDone:
       state_ = State::kReady;
+      was_ready_ = true;
       if (deadline_) loop_.cancel(*deadline_);
       deadline_.reset();
       update_interest();
@@ -326,11 +327,13 @@ void Channel::close(CloseReason reason) {
   if (watched_fd_ >= 0) loop_.remove(watched_fd_);
   watched_fd_ = -1;
   if (stream_ && reason.kind == CloseReason::Kind::kShutdown) stream_->shutdown();
-  stream_.reset();
-  connecting_fd_.reset();
   output_.clear();
   output_offset_ = 0;
+  // The owner learns who the peer was (peer(), session()) before the
+  // stream goes.
   if (callbacks_.on_closed) callbacks_.on_closed(*this, reason);
+  stream_.reset();
+  connecting_fd_.reset();
 }
 
 }  // namespace trustfence::attest

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli_commands.hpp"
+#include "trustfence/common/logging.hpp"
 #include "trustfence/config/config.hpp"
 #include "trustfence/datapath/datapath.hpp"
 #include "trustfence/runtime/agent.hpp"
@@ -43,7 +44,7 @@ int agent_command(const std::vector<std::string>& args) {
     std::cerr << "trustfence agent: " << config.error().message << "\n";
     return 2;
   }
-  spdlog::set_level(spdlog::level::from_str(config->log_level));
+  configure_logging(config->log_format, config->log_level);
   if (auto ok = runtime::run_agent(*config, rest); !ok) {
     spdlog::error("{}", ok.error().message);
     return 1;

@@ -63,6 +63,8 @@ po::options_description key_descriptions() {
   key("api-socket-group", po::value<std::string>(), "group allowed to query the API besides root");
   key("metrics", po::value<std::string>(),
       "IP:PORT serving Prometheus /metrics, /healthz and /readyz over HTTP (default: off)");
+  key("log-format", po::value<std::string>()->default_value("text"),
+      "text | json (one JSON object per line)");
   key("log-level", po::value<std::string>()->default_value("info"),
       "trace | debug | info | warn | error");
   return keys;
@@ -484,6 +486,9 @@ Result<Config> load(const std::vector<std::string>& args) {
   static const std::array<std::string_view, 5> levels = {"trace", "debug", "info", "warn", "error"};
   if (std::find(levels.begin(), levels.end(), config.log_level) == levels.end())
     return check.bad("log-level", config.log_level, "must be trace, debug, info, warn or error");
+  config.log_format = vm["log-format"].as<std::string>();
+  if (config.log_format != "text" && config.log_format != "json")
+    return check.bad("log-format", config.log_format, "must be text or json");
   return config;
 }
 

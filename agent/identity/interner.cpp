@@ -23,6 +23,7 @@ std::uint32_t Interner::intern(std::string_view text) {
   while (id == 0 || names_.contains(id)) ++id;
   ids_.emplace(text, id);
   names_.emplace(id, text);
+  if (listener_) listener_(text);
   return id;
 }
 

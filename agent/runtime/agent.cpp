@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 
 #include <deque>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -18,6 +19,7 @@
 #include "trustfence/api/prometheus.hpp"
 #include "trustfence/api/server.hpp"
 #include "trustfence/attest/attestor.hpp"
+#include "trustfence/common/logging.hpp"
 #include "trustfence/common/verdict.hpp"
 #include "trustfence/datapath/format.hpp"
 #include "trustfence/datapath/host.hpp"
@@ -33,6 +35,8 @@ namespace {
 
 // Closed connections kept for `trustfence conns --closed`.
 constexpr std::size_t kClosedHistory = 1024;
+// Denials logged one by one per second before they are summarized.
+constexpr std::uint64_t kDenialLinesPerSecond = 100;
 // Recent decisions kept for `trustfence watch`.
 constexpr std::size_t kWatchHistory = 4096;
 // How often the connection table is checked for events the ring lost.
@@ -111,6 +115,7 @@ class NodeAgent {
       : config_(std::move(config)), args_(std::move(args)), dp_(std::move(dp)), loop_(loop) {}
 
   Result<void> start() {
+    load_names();
     if (config_.identity) {
       auto id = load_node_identity(*config_.identity);
       if (!id) return std::unexpected(id.error());
@@ -202,6 +207,36 @@ class NodeAgent {
     return loop_.add(events_->epoll_fd(), EPOLLIN, [this](std::uint32_t) { poll_events(); });
   }
 
+  // Names of interned ids survive restarts in a file next to the API
+  // socket, so connections decided before keep their peer identity.
+  // Loaded bounded and checked (only valid SPIFFE IDs and trust domains);
+  // ids are hashes of the names, so they come out the same.
+  void load_names() {
+    names_path_ = config_.api.socket + ".names";
+    std::ifstream in(names_path_);
+    std::string line;
+    std::size_t loaded = 0;
+    while (in && std::getline(in, line) && loaded < identity::Interner::kMaxEntries) {
+      if (line.starts_with("spiffe://") ? !identity::SpiffeId::parse(line).has_value()
+                                        : !identity::TrustDomain::parse(line).has_value())
+        continue;
+      interner_.intern(line);
+      ++loaded;
+    }
+    names_out_.open(names_path_, std::ios::app);
+    if (!names_out_)
+      spdlog::warn("cannot write {}: peer names will not survive a restart", names_path_);
+    // Written as they come: a kill -9 loses nothing already decided.
+    interner_.on_new([this](std::string_view name) {
+      if (names_out_) names_out_ << name << '\n' << std::flush;
+    });
+    if (config_.identity) {
+      interner_.intern(config_.identity->rules.trust_domain.name());
+      for (const auto& td : config_.identity->rules.aliases) interner_.intern(td.name());
+    }
+    if (loaded) spdlog::info("{} peer names restored from {}", loaded, names_path_);
+  }
+
   void watch_files() {
     std::vector<std::string> files;
     if (!config_.file.empty()) files.push_back(config_.file);
@@ -251,7 +286,7 @@ class NodeAgent {
     if (auto ok = apply_datapath(next->datapath); !ok) return ok;
 
     ++generation_;
-    spdlog::set_level(spdlog::level::from_str(next->log_level));
+    configure_logging(next->log_format, next->log_level);
     if (identity) {
       auto weakened = weakened_domains(*identity_->bundles, *identity->bundles);
       for (const auto& td : weakened)
@@ -275,6 +310,28 @@ class NodeAgent {
     }
     config_ = std::move(*next);
     return {};
+  }
+
+  // One line per denial, but at most kDenialLinesPerSecond: a flood of
+  // denials is summarized (counted in metrics either way).
+  bool denial_log_allowed() {
+    auto now = SteadyClock::now();
+    if (now - denial_window_ >= std::chrono::seconds(1)) {
+      if (denials_suppressed_)
+        spdlog::warn(
+            "{} more denials in the last second not logged one by one (see trustfence "
+            "watch --denials and the metrics)",
+            denials_suppressed_);
+      denial_window_ = now;
+      denial_lines_ = 0;
+      denials_suppressed_ = 0;
+    }
+    if (denial_lines_ < kDenialLinesPerSecond) {
+      ++denial_lines_;
+      return true;
+    }
+    ++denials_suppressed_;
+    return false;
   }
 
   // Our own SVID about to expire is an alarm: peers will refuse us then.
@@ -435,6 +492,11 @@ class NodeAgent {
 
   void on_event(const datapath::Event& ev) {
     if (ev.kind == TF_EVENT_NEW) {
+      // Replayed from the pinned ring after a restart, already gone: its
+      // tuple may belong to a newer connection by now.
+      if (ev.conn.verdict == TF_VERDICT_PENDING) {
+        if (auto present = dp_->conns().lookup(ev.cookie); present && !*present) return;
+      }
       spdlog::debug("new {} {} -> {} cookie={} cgroup={} verdict={}",
                     to_string(static_cast<tf_direction>(ev.conn.direction)),
                     datapath::local_endpoint(ev.conn.tuple),
@@ -490,8 +552,9 @@ class NodeAgent {
         continue;
       }
       bool audit = config_.datapath.mode != TF_MODE_ENFORCE;
-      spdlog::warn("{}{}{}", audit ? "audit: would " : "", line,
-                   d.closed ? " (already closed by the peer)" : "");
+      if (denial_log_allowed())
+        spdlog::warn("{}{}{}", audit ? "audit: would " : "", line,
+                     d.closed ? " (already closed by the peer)" : "");
       if (config_.datapath.mode != TF_MODE_ENFORCE || d.closed) continue;
       // The application learns of the denial now, not at its next timeout.
       if (auto destroyed = datapath::destroy_socket(d.conn.tuple, d.cookie); !destroyed)
@@ -704,6 +767,8 @@ class NodeAgent {
   std::unique_ptr<datapath::Datapath> dp_;
   EventLoop& loop_;
   identity::Interner interner_;
+  std::string names_path_;
+  std::ofstream names_out_;
   std::unique_ptr<NodeIdentity> identity_;
   std::unique_ptr<attest::WorkloadIdentities> workloads_;
   std::vector<std::unique_ptr<NodeIdentity>> retired_;
@@ -719,6 +784,9 @@ class NodeAgent {
   std::unique_ptr<api::Server> api_;
   std::unique_ptr<api::MetricsServer> metrics_;
   api::LatencyHistogram attestation_latency_;
+  SteadyClock::time_point denial_window_{};
+  std::uint64_t denial_lines_ = 0;
+  std::uint64_t denials_suppressed_ = 0;
   std::deque<Closed> closed_;
   std::deque<nlohmann::json> watch_;  // recent decisions, for `trustfence watch`
   std::uint64_t next_seq_ = 1;

@@ -19,7 +19,6 @@
 #include <map>
 #include <random>
 #include <regex>
-#include <set>
 #include <sstream>
 #include <thread>
 
@@ -150,8 +149,11 @@ async def worker(left):
     global done
     while left:
         left.pop()
-        results.append(await one())
+        result = await one()
+        results.append(result)
         done += 1
+        if result[1] != "answered":
+            await asyncio.sleep(0.1)  # as a client backs off before it retries
         if done % 250 == 0:
             print("progress", done, flush=True)
 async def main():
@@ -298,8 +300,8 @@ class RestartBase : public ::testing::Test {
   Child sink(std::size_t node, std::uint16_t port, const std::string& out, bool fork = false) {
     std::string listen = "TCP4-LISTEN:" + std::to_string(port) + ",reuseaddr";
     if (fork) listen += ",fork";
-    auto child = run(node, {"socat", "-u", listen, "OPEN:" + out + ",creat," +
-                                                       std::string(fork ? "append" : "trunc")});
+    auto child = run(node, {"socat", "-u", listen,
+                            "OPEN:" + out + ",creat," + std::string(fork ? "append" : "trunc")});
     auto ready = wait_for_tcp_listen(place(node).first, port, kReadyTimeout, &child);
     if (!ready) throw std::runtime_error(ready.error().message);
     return child;
@@ -319,8 +321,8 @@ class RestartBase : public ::testing::Test {
       std::this_thread::sleep_for(25ms);
     }
     auto log = node.log();
-    ADD_FAILURE() << node.name() << ": no decided " << direction << " connection on port "
-                  << port << "; last row " << row.dump() << "\nagent log:\n"
+    ADD_FAILURE() << node.name() << ": no decided " << direction << " connection on port " << port
+                  << "; last row " << row.dump() << "\nagent log:\n"
                   << tail(log ? *log : "");
     return nullptr;
   }
@@ -536,8 +538,7 @@ int progress_of(const std::string& out) {
 }
 
 double unix_now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 // The agent's channel lines, for a failure message.
@@ -550,10 +551,10 @@ std::string channel_lines(const std::string& log) {
 }
 
 // Short connections from node 1 into node 0 while node 0's agent is killed
-// twice and started again (after 0.5 s, then after 3.5 s). Afterwards neither table holds an entry for any
-// of them, nothing is left pending, every connection that got its reply
-// was allowed by both agents, and once node 0's agent is back (plus a
-// grace for the channel to come up) no connection fails any more.
+// twice and started again (after 0.5 s, then after 3.5 s). Afterwards neither table holds an entry
+// for any of them, nothing is left pending, every connection that got its reply was allowed by both
+// agents, and once node 0's agent is back (plus a grace for the channel to come up) no connection
+// fails any more.
 TEST_F(Restart, TenThousandConnectionsAcrossCrashesLeaveNoStaleEntry) {
   constexpr double kRecoveryGrace = 1.0;  // seconds after the agent is back
   start_agents();
@@ -568,11 +569,11 @@ TEST_F(Restart, TenThousandConnectionsAcrossCrashesLeaveNoStaleEntry) {
   std::string server_logs;  // of the runs killed
   std::vector<double> down_at, up_at;
   // A quick restart, then a slow one (an image pulled, a node busy).
-  for (auto [crash_at, down] : {std::pair{kConnections * 3 / 10, 500ms},
-                                std::pair{kConnections * 6 / 10, 3500ms}}) {
+  for (auto [crash_at, down] :
+       {std::pair{kConnections * 2 / 10, 500ms}, std::pair{kConnections * 5 / 10, 3500ms}}) {
     // Far enough into the run, and (after a crash) long enough after the
     // restart to see whether connections recovered.
-    auto not_before = up_at.empty() ? 0.0 : up_at.back() + 3 * kRecoveryGrace;
+    auto not_before = up_at.empty() ? 0.0 : up_at.back() + 1.5 * kRecoveryGrace;
     auto deadline = std::chrono::steady_clock::now() + 60s;
     while ((progress_of(client.read_stdout().value_or("")) < crash_at || unix_now() < not_before) &&
            client.running() && std::chrono::steady_clock::now() < deadline)
@@ -592,14 +593,11 @@ TEST_F(Restart, TenThousandConnectionsAcrossCrashesLeaveNoStaleEntry) {
   auto took = std::chrono::steady_clock::now() - started_at;
   server.terminate();
 
-  std::filesystem::copy_file(results, "/tmp/restart-debug-results.txt", std::filesystem::copy_options::overwrite_existing);
-  { std::ofstream t("/tmp/restart-debug-times.txt"); for (std::size_t i = 0; i < up_at.size(); ++i) t << std::fixed << down_at[i] << " " << up_at[i] << "\n"; }
-  std::ofstream("/tmp/restart-debug-n1.log") << agent(kClient).log().value_or("");
-  std::ofstream("/tmp/restart-debug-n0.log") << server_logs << agent(kServer).log().value_or("");
   // How the connections ended, and which failed although node 0's agent
   // had been back for the grace already.
   std::ifstream in(results);
   std::map<std::string, int> outcomes, late_failures;
+  std::vector<std::string> late_ports;
   std::vector<std::uint16_t> answered;
   std::string port, outcome;
   double began = 0;
@@ -610,8 +608,12 @@ TEST_F(Restart, TenThousandConnectionsAcrossCrashesLeaveNoStaleEntry) {
       continue;
     }
     for (std::size_t i = 0; i < up_at.size(); ++i) {
-      bool next_down = i + 1 < down_at.size() && began >= down_at[i + 1];
-      if (began >= up_at[i] + kRecoveryGrace && !next_down) ++late_failures[outcome];
+      // In flight when the next crash came (the client waits up to 5 s):
+      // that crash's doing, not a failure to recover from this one.
+      bool next_down = i + 1 < down_at.size() && began + 5.0 >= down_at[i + 1];
+      if (began < up_at[i] + kRecoveryGrace || next_down) continue;
+      ++late_failures[outcome];
+      if (port != "-") late_ports.push_back(port);
     }
   }
   int total = 0, late = 0;
@@ -628,12 +630,24 @@ TEST_F(Restart, TenThousandConnectionsAcrossCrashesLeaveNoStaleEntry) {
             << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
             << " ms:" << tally << "\n";
   EXPECT_EQ(total, kConnections);
-  EXPECT_EQ(late, 0) << "FAIL (product): " << late << " connections started more than "
-                     << kRecoveryGrace
-                     << " s after node 0's agent was back still failed (" << late_tally
-                     << "): node 1's agent keeps denying new connections to node 0 while its "
-                        "channel to node 0 is in backoff.\nnode 1's channel log:\n"
-                     << channel_lines(agent(kClient).log().value_or(""));
+  if (late != 0) {
+    std::string evidence;
+    auto all_server_logs = server_logs + agent(kServer).log().value_or("");
+    auto client_log = agent(kClient).log().value_or("");
+    for (std::size_t i = 0; i < std::min<std::size_t>(late_ports.size(), 3); ++i) {
+      evidence += "client port " + late_ports[i] + ":\n";
+      for (const auto* log : {&client_log, &all_server_logs}) {
+        std::istringstream lines(*log);
+        for (std::string line; std::getline(lines, line);)
+          if (line.find(":" + late_ports[i] + " ") != std::string::npos) evidence += line + "\n";
+      }
+    }
+    ADD_FAILURE() << "FAIL (product): " << late << " connections started more than "
+                  << kRecoveryGrace << " s after node 0's agent was back still failed ("
+                  << late_tally << ").\nnode 1's channel log:\n"
+                  << channel_lines(client_log) << "decisions of some of them:\n"
+                  << evidence;
+  }
 
   // No entry left behind, on either node, once the last ones closed.
   std::vector<json> left[2];
@@ -691,8 +705,8 @@ TEST_F(Restart, TenThousandConnectionsAcrossCrashesLeaveNoStaleEntry) {
               c->second == "allow";
     if (ok) continue;
     if (++not_allowed <= 5)
-      examples += "port " + std::to_string(p) +
-                  ": server " + (s == at_server.end() ? "no decision" : s->second) + ", client " +
+      examples += "port " + std::to_string(p) + ": server " +
+                  (s == at_server.end() ? "no decision" : s->second) + ", client " +
                   (c == at_client.end() ? "no decision" : c->second) + "\n";
   }
   EXPECT_EQ(not_allowed, 0) << "answered without an allow on both sides:\n" << examples;
@@ -701,18 +715,31 @@ TEST_F(Restart, TenThousandConnectionsAcrossCrashesLeaveNoStaleEntry) {
 // --- a connection opened while an agent is down --------------------------------
 
 // Node 0's agent is down when node 1 connects and sends: the connection is
-// pending at node 0 with its payload held. Started again, node 0's agent
-// picks it up from tf_conns, node 1's agent attests it, and the payload
-// arrives; both sides allow it.
+// pending at node 0 with its payload held. Node 1's agent has seen node 0's
+// agent up moments ago, so a refused channel means "restarting", not "no
+// agent": it keeps trying within the attestation deadline. Started again,
+// node 0's agent picks the connection up from tf_conns, node 1's agent
+// attests it, and the payload arrives; both sides allow it. (A peer never
+// seen with an agent is denied no-peer-agent at once under strict: the
+// seed scenario tests that.)
 TEST_F(Restart, AConnectionOpenedWhileThePeerAgentIsDownIsAttestedOnceItIsBack) {
   start_agents({"attestation-timeout = 5s"});
   const std::string received = dir_->path() + "/pending.bin";
   auto pending_sink = sink(kServer, kPendingPort, received);
+  {
+    auto warm_sink = sink(kServer, kPendingPort + 1, dir_->path() + "/warm.bin");
+    auto warm = python(
+        kClient, kOneShotSender,
+        {topology_->ipv4(kServer), std::to_string(kPendingPort + 1), dir_->path() + "/small.bin"});
+    auto warmed = warm.wait(20s);
+    ASSERT_TRUE(warmed.has_value()) << warmed.error().message;
+    ASSERT_EQ(*warmed, 0) << "the warm-up connection failed";
+  }
   agent(kServer).kill_hard();
 
-  auto sender = python(kClient, kOneShotSender,
-                       {topology_->ipv4(kServer), std::to_string(kPendingPort),
-                        dir_->path() + "/small.bin"});
+  auto sender =
+      python(kClient, kOneShotSender,
+             {topology_->ipv4(kServer), std::to_string(kPendingPort), dir_->path() + "/small.bin"});
   // Held at node 0 while its agent is down.
   json held;
   for (int i = 0; i < 40 && held.is_null(); ++i) {
@@ -730,15 +757,16 @@ TEST_F(Restart, AConnectionOpenedWhileThePeerAgentIsDownIsAttestedOnceItIsBack) 
   ASSERT_TRUE(sent.has_value()) << sent.error().message;
   auto client_rows = agent(kClient).conns();
   auto server_rows = agent(kServer).conns();
-  json client_row = client_rows ? find_conn(*client_rows, "outbound", topology_->ipv4(kServer),
-                                            kPendingPort)
-                                : json(nullptr);
-  json server_row = server_rows ? find_conn(*server_rows, "inbound", topology_->ipv4(kClient),
-                                            kPendingPort)
-                                : json(nullptr);
+  json client_row =
+      client_rows ? find_conn(*client_rows, "outbound", topology_->ipv4(kServer), kPendingPort)
+                  : json(nullptr);
+  json server_row = server_rows
+                        ? find_conn(*server_rows, "inbound", topology_->ipv4(kClient), kPendingPort)
+                        : json(nullptr);
   std::string story = "\nnode 0 while its agent was down: first row seen " + held.dump() +
-                      ", table " + while_down->dump() + "\nnode 1 (client) now: " +
-                      client_row.dump() + "\nnode 0 (server) now: " + server_row.dump() +
+                      ", table " + while_down->dump() +
+                      "\nnode 1 (client) now: " + client_row.dump() +
+                      "\nnode 0 (server) now: " + server_row.dump() +
                       "\nsender: " + sender.read_stderr().value_or("");
   EXPECT_EQ(*sent, 0)
       << "FAIL (product): a connection opened while the peer's agent was down did not survive "
@@ -761,9 +789,9 @@ TEST_F(Restart, ASameNodeConnectionOpenedWhileTheAgentIsDownIsDecidedFromTheTabl
   const std::string received = dir_->path() + "/pending.bin";
   auto pending_sink = sink(kServer, kPendingPort, received);
   agent(kServer).kill_hard();
-  auto sender = python(kServer, kOneShotSender,
-                       {topology_->ipv4(kServer), std::to_string(kPendingPort),
-                        dir_->path() + "/small.bin"});
+  auto sender =
+      python(kServer, kOneShotSender,
+             {topology_->ipv4(kServer), std::to_string(kPendingPort), dir_->path() + "/small.bin"});
   std::vector<json> held;
   for (int i = 0; i < 80 && held.size() < 2; ++i) {
     std::this_thread::sleep_for(25ms);

@@ -28,8 +28,8 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -68,7 +68,10 @@ struct AttestorLimits {
   std::size_t max_handshakes_per_source = 16;  // from one address
   std::size_t max_parked_requests = 65536;     // waiting for their socket
   std::chrono::milliseconds min_backoff{200};
-  std::chrono::milliseconds max_backoff{5000};
+  std::chrono::milliseconds max_backoff{1000};
+  // A peer agent ready this recently that now refuses is restarting: its
+  // connections wait for it (within their attestation deadline).
+  std::chrono::milliseconds restart_grace{10'000};
   ChannelLimits channel;
 };
 
@@ -138,6 +141,9 @@ class Attestor {
     std::chrono::milliseconds backoff{0};
     runtime::SteadyClock::time_point retry_at{};
     std::optional<CloseReason> last_failure;  // while backing off
+    // When it was last ready: a peer agent that refuses connections soon
+    // after is restarting, not absent.
+    std::optional<runtime::SteadyClock::time_point> last_ready;
     // Allowed connections that stand only if this peer agent still
     // verifies against the reloaded bundles.
     std::vector<datapath::Cookie> revalidating;

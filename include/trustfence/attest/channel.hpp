@@ -78,6 +78,9 @@ class Channel {
 
   State state() const { return state_; }
   bool ready() const { return state_ == State::kReady; }
+  // It was ready once (also after it closed): a working channel that
+  // dropped, not one that never came up.
+  bool was_ready() const { return was_ready_; }
   // The far end's address (the peer agent we dialled, or where an accepted
   // channel came from).
   const net::SocketAddress& remote() const { return remote_; }
@@ -120,6 +123,7 @@ class Channel {
   std::vector<std::uint8_t> output_;
   std::size_t output_offset_ = 0;
   bool received_any_ = false;
+  bool was_ready_ = false;
   std::optional<runtime::EventLoop::TimerId> deadline_;     // handshake
   std::optional<runtime::EventLoop::TimerId> frame_timer_;  // a frame begun
   std::optional<runtime::EventLoop::TimerId> resume_read_;  // read budget spent

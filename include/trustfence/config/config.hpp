@@ -80,6 +80,7 @@ struct Config {
   AttestationConfig attestation;
   ApiConfig api;
   std::string log_level = "info";
+  std::string log_format = "text";  // or "json"
 };
 
 // args: the command line after the subcommand, e.g. {"--config", "f.conf"}.

@@ -6,6 +6,7 @@
 // maps keep; a collision moves to the next free number. 0 means none.
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -20,12 +21,15 @@ class Interner {
   static constexpr std::size_t kMaxEntries = 1 << 20;
 
   std::uint32_t intern(std::string_view text);
+  // Called with each text interned for the first time (to persist it).
+  void on_new(std::function<void(std::string_view)> listener) { listener_ = std::move(listener); }
   std::optional<std::string> name(std::uint32_t id) const;
   std::size_t size() const { return names_.size(); }
 
  private:
   std::unordered_map<std::string, std::uint32_t> ids_;
   std::unordered_map<std::uint32_t, std::string> names_;
+  std::function<void(std::string_view)> listener_;
 };
 
 }  // namespace trustfence::identity
