@@ -4,6 +4,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -61,6 +62,7 @@ Channel::~Channel() {
   if (deadline_) loop_.cancel(*deadline_);
   if (frame_timer_) loop_.cancel(*frame_timer_);
   if (resume_read_) loop_.cancel(*resume_read_);
+  if (peer_expiry_) loop_.cancel(*peer_expiry_);
   if (watched_fd_ >= 0) loop_.remove(watched_fd_);
 }
 
@@ -179,6 +181,7 @@ void Channel::drive_handshake() {
       was_ready_ = true;
       if (deadline_) loop_.cancel(*deadline_);
       deadline_.reset();
+      arm_peer_expiry();
       update_interest();
       if (callbacks_.on_ready) callbacks_.on_ready(*this);
       if (state_ == State::kReady) read_frames();
@@ -253,6 +256,25 @@ void Channel::read_frames() {
   }
 }
 
+// A channel never outlives the SVID its peer authenticated with: closed
+// then, the next one is a fresh handshake with the peer's rotated SVID.
+void Channel::arm_peer_expiry() {
+  const tls::VerifiedSvid* svid = peer();
+  if (!svid) return;
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      svid->not_after - std::chrono::system_clock::now());
+  // Timers are steady-clock: bounded so a wall-clock jump is caught within a day.
+  left = std::clamp(left, std::chrono::milliseconds(0), std::chrono::milliseconds(86'400'000));
+  peer_expiry_ = loop_.after(left, [this] {
+    peer_expiry_.reset();
+    if (peer() && peer()->not_after > std::chrono::system_clock::now()) {
+      arm_peer_expiry();
+      return;
+    }
+    close({CloseReason::Kind::kShutdown, "the peer's SVID expired: re-keying", {}});
+  });
+}
+
 void Channel::arm_frame_timer() {
   if (decoder_.buffered() == 0) {
     if (frame_timer_) loop_.cancel(*frame_timer_);
@@ -320,7 +342,7 @@ void Channel::update_interest() {
 void Channel::close(CloseReason reason) {
   if (state_ == State::kClosed) return;
   state_ = State::kClosed;
-  for (auto* timer : {&deadline_, &frame_timer_, &resume_read_}) {
+  for (auto* timer : {&deadline_, &frame_timer_, &resume_read_, &peer_expiry_}) {
     if (*timer) loop_.cancel(**timer);
     timer->reset();
   }

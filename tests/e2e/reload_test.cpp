@@ -158,6 +158,51 @@ TEST_F(Reload, RemovingAnAliasRevokesExactlyThatDomainsConnections) {
   EXPECT_EQ((*stats)["config"]["generation"], 2) << stats->dump(2);
 }
 
+// team-b's CA is replaced in node 1's bundle: node 2's agent no longer
+// verifies, so its stream is revoked; a deny-id on the surviving domain's
+// identity revokes that one too.
+TEST_F(Reload, ADroppedCaAndAnAddedDenyIdRevokeTheirConnections) {
+  const std::string auth = "spiffe://team-c.local/ns/auth/sa/auth";
+  auto n1 = start(spec(0, {"trust-domain-alias = team-b.eks.local", "allow-id = " + auth}));
+  auto n2 = start(spec(1, {"trust-domain-alias = team-a.gke.local"}));
+  auto c3 = spec(2, {"allow-id = spiffe://team-a.gke.local/*"});
+  c3.workloads = {{"auth", auth}};
+  auto n3 = start(c3);
+  auto sink_b = sink(*n1, 9001, dir_->path() + "/from-b.bin");
+  auto sink_c = sink(*n1, 9002, dir_->path() + "/from-c.bin");
+  auto send_b = sender(*n2, "", 9001);
+  auto send_c = sender(*n3, "auth", 9002);
+  for (int i = 0; i < 100; ++i) {
+    auto b = conn_from(*n1, 1, 9001), c = conn_from(*n1, 2, 9002);
+    if (!b.is_null() && !c.is_null() && b["verdict"] == "allow" && c["verdict"] == "allow") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(conn_from(*n1, 1, 9001).value("verdict", ""), "allow");
+  ASSERT_EQ(conn_from(*n1, 2, 9002).value("verdict", ""), "allow");
+
+  Cluster rotated("team-b.eks.local");  // a CA node 2's SVID does not chain to
+  TF_ASSERT_OK(n1->replace_bundle("team-b.eks.local", rotated));
+  auto b_exit = send_b.wait();
+  ASSERT_TRUE(b_exit.has_value()) << b_exit.error().message;
+  EXPECT_NE(*b_exit, 0) << "the team-b stream should have been cut";
+  auto revoked_b = conn_from(*n1, 1, 9001);
+  ASSERT_FALSE(revoked_b.is_null());
+  EXPECT_EQ(revoked_b["verdict"], "deny") << revoked_b.dump();
+  EXPECT_EQ(revoked_b["reason"], "revoked") << revoked_b.dump();
+  auto still = conn_from(*n1, 2, 9002);
+  ASSERT_FALSE(still.is_null());
+  EXPECT_EQ(still["verdict"], "allow") << "the team-c stream must not be touched: " << still.dump();
+
+  TF_ASSERT_OK(n1->update_config(
+      {"allow-id = " + auth, "deny-id = " + auth, "trust-domain-alias = team-b.eks.local"}));
+  auto c_exit = send_c.wait();
+  ASSERT_TRUE(c_exit.has_value()) << c_exit.error().message;
+  EXPECT_NE(*c_exit, 0) << "the team-c stream should have been cut by deny-id";
+  auto revoked_c = conn_from(*n1, 2, 9002);
+  ASSERT_FALSE(revoked_c.is_null());
+  EXPECT_EQ(revoked_c["reason"], "revoked") << revoked_c.dump();
+}
+
 TEST_F(Reload, AnInvalidConfigurationKeepsEverythingRunning) {
   auto n1 = start(spec(0, {"trust-domain-alias = team-b.eks.local"}));
   auto n2 = start(spec(1, {"trust-domain-alias = team-a.gke.local"}));

@@ -106,6 +106,7 @@ class Channel {
   void flush();
   void update_interest();
   void arm_frame_timer();
+  void arm_peer_expiry();
 
   runtime::EventLoop& loop_;
   net::SocketAddress remote_;
@@ -127,6 +128,7 @@ class Channel {
   std::optional<runtime::EventLoop::TimerId> deadline_;     // handshake
   std::optional<runtime::EventLoop::TimerId> frame_timer_;  // a frame begun
   std::optional<runtime::EventLoop::TimerId> resume_read_;  // read budget spent
+  std::optional<runtime::EventLoop::TimerId> peer_expiry_;  // the peer's SVID notAfter
 };
 
 }  // namespace trustfence::attest

@@ -194,6 +194,15 @@ Result<void> AgentNode::write_raw_config(const std::string& text) {
   return write_file(config_path_, text);
 }
 
+Result<void> AgentNode::replace_bundle(const std::string& td, const Cluster& source) {
+  // Written aside and renamed over: the agent never reads half a file.
+  std::string path = dir_ + "/bundle-" + td + ".pem";
+  if (auto ok = write_file(path + ".new", source.bundle_pem()); !ok) return ok;
+  if (::rename((path + ".new").c_str(), path.c_str()) != 0)
+    return fail_errno("rename over " + path, errno);
+  return {};
+}
+
 Result<void> AgentNode::send_sighup() {
   if (!agent_ || ::kill(agent_->pid(), SIGHUP) != 0)
     return fail_errno("SIGHUP to the agent", errno);

@@ -92,6 +92,9 @@ class AgentNode {
   // Replaces the config file with text as is (e.g. a broken one).
   Result<void> write_raw_config(const std::string& text);
   Result<void> send_sighup();
+  // Overwrites the bundle file of trust domain td with source's CA (a CA
+  // rotated away, or a spoofer's idea of it); the file watch reloads.
+  Result<void> replace_bundle(const std::string& td, const Cluster& source);
   // `trustfence stats --json` of this agent.
   Result<nlohmann::json> stats() const;
 

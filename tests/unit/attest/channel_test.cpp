@@ -875,5 +875,26 @@ TEST(CloseReasonKind, EveryKindHasItsName) {
   for (const auto& [kind, name] : names) EXPECT_EQ(to_string(kind), name);
 }
 
+// A channel never outlives the SVID its peer authenticated with: the end
+// that verified it closes it then, so the next channel is a handshake with
+// the peer's rotated SVID.
+TEST_F(ChannelTest, ClosesWhenThePeersSvidExpires) {
+  test::Validity brief;
+  brief.not_after = std::chrono::system_clock::now() + std::chrono::seconds(2);
+  test::Issued leaf = world_.intermediate_b.issue(leaf_spec(kInitiatorId, brief));
+  auto identity = tls::make_tls_identity(
+      test::chain_of({leaf.cert.get(), world_.intermediate_b.cert()}), std::move(leaf.key));
+  ASSERT_TRUE(identity.has_value()) << identity.error().message;
+  initiator_context_.emplace(context(Role::kClient, *identity, initiator_trust_));
+  End* acceptor = nullptr;
+  auto initiator = ready_pair(acceptor);
+  ASSERT_NE(acceptor, nullptr);
+  ASSERT_TRUE(run_until([&] { return acceptor->closed.has_value(); }, 5s))
+      << "the acceptor kept a channel past its peer's SVID";
+  EXPECT_EQ(acceptor->closed->kind, Kind::kShutdown) << describe(acceptor->closed);
+  EXPECT_NE(acceptor->closed->detail.find("expired"), std::string::npos);
+  EXPECT_TRUE(run_until([&] { return initiator->closed.has_value(); }, 2s));
+}
+
 }  // namespace
 }  // namespace trustfence::attest
