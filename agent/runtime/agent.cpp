@@ -299,7 +299,8 @@ class NodeAgent {
                                     .rules = next->identity->rules,
                                     .generation = generation_,
                                     .audit = next->datapath.mode == TF_MODE_AUDIT,
-                                    .limits = {}},
+                                    .limits = {},
+                                    .write_decisions = [this] { write_decisions(); }},
           *identity->client, *identity->server, *workloads, weakened);
       // The old identity stays until this round ends: closed channels were
       // made from it.
