@@ -66,7 +66,8 @@ TEST_P(CliTest, ConnsJsonListsTrackedConnectionsWithTheDesignFields) {
   ASSERT_TRUE(written);
 
   json rows;
-  ASSERT_NO_FATAL_FAILURE(run_json({"conns", "--json", "--pin-dir", pin_dir(), "--api-socket", kNoAgentSocket}, rows));
+  ASSERT_NO_FATAL_FAILURE(
+      run_json({"conns", "--json", "--pin-dir", pin_dir(), "--api-socket", kNoAgentSocket}, rows));
   auto elapsed_ms = std::chrono::duration_cast<milliseconds>(Clock::now() - started).count();
   ASSERT_TRUE(rows.is_array()) << rows.dump(2);
   ASSERT_EQ(rows.size(), 2u) << rows.dump(2);
@@ -106,14 +107,16 @@ TEST_P(CliTest, ConnsJsonListsTrackedConnectionsWithTheDesignFields) {
   }
 
   json one;
-  ASSERT_NO_FATAL_FAILURE(run_json(
-      {"conn", std::to_string(pair.server_cookie), "--json", "--pin-dir", pin_dir(), "--api-socket", kNoAgentSocket}, one));
+  ASSERT_NO_FATAL_FAILURE(run_json({"conn", std::to_string(pair.server_cookie), "--json",
+                                    "--pin-dir", pin_dir(), "--api-socket", kNoAgentSocket},
+                                   one));
   EXPECT_EQ(one["cookie"], pair.server_cookie);
   EXPECT_EQ(one["direction"], "inbound");
   EXPECT_EQ(one["verdict"], "pending");
 
   json stats;
-  ASSERT_NO_FATAL_FAILURE(run_json({"stats", "--json", "--pin-dir", pin_dir(), "--api-socket", kNoAgentSocket}, stats));
+  ASSERT_NO_FATAL_FAILURE(
+      run_json({"stats", "--json", "--pin-dir", pin_dir(), "--api-socket", kNoAgentSocket}, stats));
   EXPECT_EQ(stats["connections"]["tracked"], 2) << stats.dump(2);
 }
 
@@ -127,7 +130,8 @@ TEST_P(CliTest, ConnsTableNamesEveryConnection) {
   TF_ASSERT_OK_AND_ASSIGN(auto pair, connect_pair(family, listener.get(), port.port));
   TF_ASSERT_OK(inside.leave());
 
-  std::vector<std::string> argv = {TF_CLI_PATH, "conns", "--pin-dir", pin_dir(), "--api-socket", kNoAgentSocket};
+  std::vector<std::string> argv = {TF_CLI_PATH, "conns",        "--pin-dir",
+                                   pin_dir(),   "--api-socket", kNoAgentSocket};
   TF_ASSERT_OK_AND_ASSIGN(auto run, run_command(argv));
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_THAT(run.out, HasSubstr(std::to_string(pair.client_cookie)));
@@ -142,7 +146,8 @@ TEST_F(CliWithoutPinsTest, ReadCommandsOnAnEmptyPinDirSaySoAndCreateNothing) {
   TF_REQUIRE_ROOT();
   const std::string missing = pin_dir() + "-absent";
   for (const char* command : {"conns", "stats"}) {
-    std::vector<std::string> argv = {TF_CLI_PATH, command, "--json", "--pin-dir", missing, "--api-socket", kNoAgentSocket};
+    std::vector<std::string> argv = {TF_CLI_PATH, command,        "--json",      "--pin-dir",
+                                     missing,     "--api-socket", kNoAgentSocket};
     TF_ASSERT_OK_AND_ASSIGN(auto run, run_command(argv));
     EXPECT_NE(run.exit_code, 0) << join_argv(argv);
     EXPECT_THAT(run.err, HasSubstr(missing)) << join_argv(argv);
