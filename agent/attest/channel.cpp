@@ -91,13 +91,7 @@ Result<std::unique_ptr<Channel>> Channel::connect(runtime::EventLoop& loop,
     channel->watched_fd_ = -1;
     return std::unexpected(ok.error());
   }
-  channel->deadline_ = loop.after(limits.handshake_timeout, [self] {
-    self->deadline_.reset();
-    self->close({CloseReason::Kind::kTimeout,
-                 "no connection and handshake within " +
-                     std::to_string(self->limits_.handshake_timeout.count()) + " ms",
-                 {}});
-  });
+  channel->arm_handshake_deadline("no connection and handshake");
   return channel;
 }
 
@@ -119,14 +113,18 @@ Result<std::unique_ptr<Channel>> Channel::accept(runtime::EventLoop& loop, tls::
     channel->watched_fd_ = -1;
     return std::unexpected(ok.error());
   }
-  channel->deadline_ = loop.after(limits.handshake_timeout, [self] {
-    self->deadline_.reset();
-    self->close({CloseReason::Kind::kTimeout,
-                 "handshake not finished within " +
-                     std::to_string(self->limits_.handshake_timeout.count()) + " ms",
-                 {}});
-  });
+  channel->arm_handshake_deadline("handshake not finished");
   return channel;
+}
+
+void Channel::arm_handshake_deadline(const char* what) {
+  deadline_ = loop_.after(limits_.handshake_timeout, [this, what] {
+    deadline_.reset();
+    close(
+        {CloseReason::Kind::kTimeout,
+         std::string(what) + " within " + std::to_string(limits_.handshake_timeout.count()) + " ms",
+         {}});
+  });
 }
 
 std::optional<tls::ClientSession> Channel::session() const {

@@ -169,9 +169,11 @@ TEST_F(Operations, AuditCountsWouldBeDenialsThenEnforceCutsThem) {
   EXPECT_NE(fetch(*n3), 0) << "enforce must cut the third domain";
   auto rows = n1->conns();
   ASSERT_TRUE(rows.has_value());
-  for (const auto& row : *rows)
-    if (row.value("state", "") == "open")
+  for (const auto& row : *rows) {
+    if (row.value("state", "") == "open") {
       EXPECT_NE(row["verdict"], "deny") << "a denied connection is still open: " << row.dump();
+    }
+  }
 }
 
 // The value of the sample whose line starts with prefix (name and labels).

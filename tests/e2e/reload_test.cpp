@@ -4,7 +4,6 @@
 // refused and everything keeps running on the old one.
 
 #include <gtest/gtest.h>
-#include <openssl/sha.h>
 
 #include <fstream>
 #include <random>
@@ -12,6 +11,7 @@
 
 #include "support/e2e/cluster.hpp"
 #include "support/kernel/assert_ok.hpp"
+#include "support/kernel/checksum.hpp"
 #include "support/privileges.hpp"
 
 namespace trustfence::testing::e2e {
@@ -19,13 +19,7 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string sha256_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::string data((std::istreambuf_iterator<char>(in)), {});
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest);
-  return std::string(reinterpret_cast<char*>(digest), sizeof(digest));
-}
+std::string sha256_file(const std::string& path) { return kernel::Sha256::of_file(path); }
 
 // Streams FILE to HOST:PORT in 32 KiB chunks over about four seconds.
 constexpr const char* kSlowSender = R"PY(

@@ -10,7 +10,6 @@
 // decided once it is back.
 
 #include <gtest/gtest.h>
-#include <openssl/sha.h>
 #include <signal.h>
 
 #include <filesystem>
@@ -24,6 +23,7 @@
 
 #include "support/e2e/cluster.hpp"
 #include "support/kernel/assert_ok.hpp"
+#include "support/kernel/checksum.hpp"
 #include "support/privileges.hpp"
 #include "support/process.hpp"
 
@@ -178,19 +178,7 @@ s.recv(1)
 s.close()
 )PY";
 
-std::string sha256_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::string data((std::istreambuf_iterator<char>(in)), {});
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest);
-  std::string hex;
-  char buf[3];
-  for (unsigned char b : digest) {
-    std::snprintf(buf, sizeof(buf), "%02x", b);
-    hex += buf;
-  }
-  return hex;
-}
+std::string sha256_file(const std::string& path) { return kernel::Sha256::of_file(path); }
 
 std::uintmax_t file_size(const std::string& path) {
   std::error_code ec;

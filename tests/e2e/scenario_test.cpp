@@ -6,8 +6,6 @@
 // Every node holds every bundle (federation); policy decides.
 
 #include <gtest/gtest.h>
-#include <openssl/pem.h>
-#include <openssl/sha.h>
 
 #include <fstream>
 #include <random>
@@ -15,6 +13,7 @@
 
 #include "support/e2e/cluster.hpp"
 #include "support/kernel/assert_ok.hpp"
+#include "support/kernel/checksum.hpp"
 #include "support/privileges.hpp"
 #include "support/process.hpp"
 
@@ -39,27 +38,7 @@ bool cut_short(int curl_exit) {
          curl_exit == kCurlSendFailure || curl_exit == kCurlConnectFailure;
 }
 
-std::string sha256_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::string data((std::istreambuf_iterator<char>(in)), {});
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest);
-  std::string hex;
-  char buf[3];
-  for (unsigned char b : digest) {
-    std::snprintf(buf, sizeof(buf), "%02x", b);
-    hex += buf;
-  }
-  return hex;
-}
-
-std::string key_pem(EVP_PKEY* key) {
-  tls::BioPtr bio(BIO_new(BIO_s_mem()));
-  PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr);
-  char* data = nullptr;
-  long size = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<std::size_t>(size));
-}
+std::string sha256_file(const std::string& path) { return kernel::Sha256::of_file(path); }
 
 std::vector<Cluster> make_clusters() {
   std::vector<Cluster> clusters;
@@ -357,7 +336,7 @@ TEST_P(SeedScenario, APeerAgentThatNeverAnswersIsDeniedAtTheAttestationTimeout) 
   const std::string mute = topology_->node(kNoAgent);
   auto svid = clusters_[1].issue(clusters_[1].agent_id());
   TF_ASSERT_OK(dir_->write("mute.pem", test::to_pem(svid.cert.get())));
-  TF_ASSERT_OK(dir_->write("mute.key", key_pem(svid.key.get())));
+  TF_ASSERT_OK(dir_->write("mute.key", test::to_pem(svid.key.get())));
   auto fake = spawn({.netns = mute,
                      .argv = {"openssl", "s_server", "-quiet", "-tls1_3", "-verify", "1", "-accept",
                               GetParam() == Family::kIpv4 ? "7400" : "[::]:7400", "-cert",

@@ -174,6 +174,14 @@ std::string to_pem(const tls::Chain& chain) {
   return pem;
 }
 
+std::string to_pem(EVP_PKEY* key) {
+  tls::BioPtr bio(BIO_new(BIO_s_mem()));
+  PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr);
+  char* data = nullptr;
+  long size = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<std::size_t>(size));
+}
+
 std::string to_der(X509* cert) {
   unsigned char* data = nullptr;
   const int length = i2d_X509(cert, &data);

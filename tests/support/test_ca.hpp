@@ -84,6 +84,8 @@ CertSpec leaf_spec(const std::string& uri, Validity validity = {});
 tls::Chain chain_of(std::initializer_list<X509*> certs);
 std::string to_pem(X509* cert);
 std::string to_pem(const tls::Chain& chain);
+// An unencrypted PKCS#8 private key in PEM.
+std::string to_pem(EVP_PKEY* key);
 std::string to_der(X509* cert);
 
 }  // namespace trustfence::test

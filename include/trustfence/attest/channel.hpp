@@ -106,6 +106,7 @@ class Channel {
   void flush();
   void update_interest();
   void arm_frame_timer();
+  void arm_handshake_deadline(const char* what);
   void arm_peer_expiry();
 
   runtime::EventLoop& loop_;

@@ -25,14 +25,6 @@ Result<void> write_file(const std::string& path, const std::string& text, mode_t
   return {};
 }
 
-std::string key_pem(EVP_PKEY* key) {
-  tls::BioPtr bio(BIO_new(BIO_s_mem()));
-  PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr);
-  char* data = nullptr;
-  long size = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<std::size_t>(size));
-}
-
 std::string endpoint_ip(const std::string& endpoint) {
   auto colon = endpoint.rfind(':');
   auto host = endpoint.substr(0, colon);
@@ -83,7 +75,7 @@ Result<std::unique_ptr<AgentNode>> AgentNode::start(const Topology& topology, co
   auto svid = signer.issue(spec.svid_id.empty() ? cluster.agent_id() : spec.svid_id);
   if (auto ok = write_file(node->dir_ + "/svid.pem", test::to_pem(svid.cert.get())); !ok)
     return std::unexpected(ok.error());
-  if (auto ok = write_file(node->dir_ + "/svid.key", key_pem(svid.key.get()), 0600); !ok)
+  if (auto ok = write_file(node->dir_ + "/svid.key", test::to_pem(svid.key.get()), 0600); !ok)
     return std::unexpected(ok.error());
   if (auto ok = node->write_config({}); !ok) return std::unexpected(ok.error());
   if (auto ok = node->launch(); !ok) return std::unexpected(ok.error());

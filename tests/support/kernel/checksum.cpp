@@ -1,5 +1,8 @@
 #include "support/kernel/checksum.hpp"
 
+#include <array>
+#include <fstream>
+
 #include <cstdio>
 #include <stdexcept>
 
@@ -33,6 +36,16 @@ std::string Sha256::hex() {
 std::string Sha256::of(std::span<const std::byte> data) {
   Sha256 sha;
   sha.update(data);
+  return sha.hex();
+}
+
+std::string Sha256::of_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  Sha256 sha;
+  std::array<char, 64 * 1024> buffer;
+  while (in.read(buffer.data(), buffer.size()) || in.gcount() > 0)
+    sha.update(std::as_bytes(std::span(buffer.data(), static_cast<std::size_t>(in.gcount()))));
   return sha.hex();
 }
 

@@ -19,6 +19,8 @@ class Sha256 {
   std::string hex();
 
   static std::string of(std::span<const std::byte> data);
+  // The digest of a file's bytes ("" when it cannot be read).
+  static std::string of_file(const std::string& path);
 
  private:
   struct Deleter {
