@@ -16,6 +16,9 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and npm run the offline manifest check (scripts/validate-manifests.sh);
+# a machine with another Node.js (NodeSource's bundles npm) keeps its own.
+command -v npm >/dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "setup: missing packages (${missing[*]}); run as root to install them" >&2

@@ -2,7 +2,8 @@
 # Sets up a fresh Debian 12 machine, builds, and runs every test tier:
 # unit, bpf, kernel and e2e (as root; CI=true makes a missing privilege a failure),
 # the unit tier again under ASan+UBSan, every libFuzzer target for a bounded
-# time (FUZZ_SECONDS, default 15), the formatting check, and a smoke run of
+# time (FUZZ_SECONDS, default 15), the Kubernetes manifests against the API
+# schema, the formatting check, and a smoke run of
 # the benchmarks so they cannot rot.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +29,10 @@ bash scripts/sanitize.sh || status=1
 
 echo "=== fuzzing, ${FUZZ_SECONDS:-15}s per target"
 FUZZ_SECONDS=${FUZZ_SECONDS:-15} bash scripts/fuzz.sh || status=1
+
+echo "=== Kubernetes manifests, offline against the API schema"
+bash scripts/validate-manifests.sh || status=1
+bash scripts/validate-manifests.sh --self-test || status=1
 
 echo "=== clang-format"
 bash scripts/format.sh --check || status=1
