@@ -24,6 +24,9 @@ for tier in unit bpf kernel e2e; do
   (cd "$build" && ctest -L "^${tier}\$" --output-on-failure --timeout 600) || status=1
 done
 
+echo "=== Vagrant scenario: vagrant/node.sh for two nodes in network namespaces"
+bash scripts/vagrant-scenario-test.sh || status=1
+
 echo "=== unit tier under ASan+UBSan"
 bash scripts/sanitize.sh || status=1
 

@@ -20,11 +20,6 @@ using json = nlohmann::json;
 using namespace std::string_view_literals;
 
 constexpr std::size_t kReadChunk = 16 * 1024;
-// Per wake-up, so a flood of connects cannot starve the rest of the loop.
-constexpr int kAcceptBatch = 64;
-// Out of descriptors: stop accepting for a while instead of spinning on a
-// level-triggered listening socket that cannot be drained.
-constexpr std::chrono::milliseconds kAcceptPause{100};
 // After the response, what the client still sends (a body, a pipelined
 // request) is read and dropped until it closes: closing a socket with unread
 // data sends a reset that can destroy the response in flight. Bounded.
@@ -293,14 +288,14 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::start(runtime::EventLoop& 
                            : ntohs(reinterpret_cast<const sockaddr_in6&>(bound).sin6_port);
 
   std::unique_ptr<MetricsServer> server(new MetricsServer(loop, std::move(handlers), limits));
-  server->listen_ = std::move(fd);
   server->port_ = port;
   server->address_ = net::SocketAddress(address.ip(), port).str();
   MetricsServer* self = server.get();
-  if (auto ok = loop.add(server->listen_.get(), EPOLLIN,
-                         [self](std::uint32_t) { self->on_listen_ready(); });
-      !ok)
-    return fail(ok.error().code, where + ": " + ok.error().message);
+  auto acceptor = runtime::Acceptor::start(
+      loop, std::move(fd), "metrics " + server->address_,
+      [self](UniqueFd client, const sockaddr_storage&) { self->admit(std::move(client)); });
+  if (!acceptor) return std::unexpected(acceptor.error());
+  server->acceptor_ = std::move(*acceptor);
   return server;
 }
 
@@ -310,28 +305,7 @@ MetricsServer::~MetricsServer() {
     if (client->timer != 0) loop_.cancel(client->timer);
   }
   clients_.clear();
-  if (accept_pause_) loop_.cancel(*accept_pause_);
-  if (listen_) loop_.remove(listen_.get());
-}
-
-void MetricsServer::on_listen_ready() {
-  for (int i = 0; i < kAcceptBatch; ++i) {
-    int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd >= 0) {
-      admit(UniqueFd(fd));
-      continue;
-    }
-    if (errno == EINTR || errno == ECONNABORTED) continue;
-    if (errno == EAGAIN) return;
-    spdlog::warn("metrics: accept on {}: {}; pausing for {} ms", address_, std::strerror(errno),
-                 kAcceptPause.count());
-    (void)loop_.modify(listen_.get(), 0);
-    accept_pause_ = loop_.after(kAcceptPause, [this] {
-      accept_pause_.reset();
-      (void)loop_.modify(listen_.get(), EPOLLIN);
-    });
-    return;
-  }
+  acceptor_.reset();
 }
 
 void MetricsServer::admit(UniqueFd fd) {

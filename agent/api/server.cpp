@@ -22,11 +22,6 @@ using json = nlohmann::json;
 namespace fs = std::filesystem;
 
 constexpr std::size_t kReadChunk = 16 * 1024;
-// Per wake-up, so a flood of connects cannot starve the rest of the loop.
-constexpr int kAcceptBatch = 64;
-// Out of descriptors: stop accepting for a while instead of spinning on a
-// level-triggered listening socket that cannot be drained.
-constexpr std::chrono::milliseconds kAcceptPause{100};
 constexpr std::size_t kMaxGroups = 65536;  // NGROUPS_MAX
 constexpr std::size_t kMaxProcStatus = 64 * 1024;
 constexpr std::size_t kMaxGroupEntry = 1 << 20;
@@ -215,7 +210,6 @@ Result<std::unique_ptr<Server>> Server::start(runtime::EventLoop& loop,
   server->own_euid_ = ::geteuid();
   server->group_ = group;
   server->group_name_ = config.group;
-  server->listen_ = std::move(fd);
   // From here on the destructor unlinks the file if a later step fails.
   struct stat st {};
   if (::lstat(config.socket.c_str(), &st) != 0)
@@ -229,13 +223,14 @@ Result<std::unique_ptr<Server>> Server::start(runtime::EventLoop& loop,
     return fail_errno("chmod api-socket " + config.socket, errno);
   if (group && ::chown(config.socket.c_str(), static_cast<uid_t>(-1), *group) != 0)
     return fail_errno("chgrp api-socket " + config.socket + " to " + config.group, errno);
-  if (::listen(server->listen_.get(), SOMAXCONN) != 0)
+  if (::listen(fd.get(), SOMAXCONN) != 0)
     return fail_errno("listen on api-socket " + config.socket, errno);
   Server* self = server.get();
-  if (auto ok = loop.add(server->listen_.get(), EPOLLIN,
-                         [self](std::uint32_t) { self->on_listen_ready(); });
-      !ok)
-    return std::unexpected(ok.error());
+  auto acceptor = runtime::Acceptor::start(
+      loop, std::move(fd), "api-socket " + config.socket,
+      [self](UniqueFd client, const sockaddr_storage&) { self->admit(std::move(client)); });
+  if (!acceptor) return std::unexpected(acceptor.error());
+  server->acceptor_ = std::move(*acceptor);
   return server;
 }
 
@@ -245,33 +240,11 @@ Server::~Server() {
     loop_.cancel(client->timer);
   }
   clients_.clear();
-  if (accept_pause_) loop_.cancel(*accept_pause_);
-  if (listen_) loop_.remove(listen_.get());
-  listen_.reset();
+  acceptor_.reset();
   struct stat st {};
   if (!path_.empty() && ::lstat(path_.c_str(), &st) == 0 && st.st_dev == socket_dev_ &&
       st.st_ino == socket_ino_)
     ::unlink(path_.c_str());
-}
-
-void Server::on_listen_ready() {
-  for (int i = 0; i < kAcceptBatch; ++i) {
-    int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd >= 0) {
-      admit(UniqueFd(fd));
-      continue;
-    }
-    if (errno == EINTR || errno == ECONNABORTED) continue;
-    if (errno == EAGAIN) return;
-    spdlog::warn("api: accept on {}: {}; pausing for {} ms", path_, std::strerror(errno),
-                 kAcceptPause.count());
-    (void)loop_.modify(listen_.get(), 0);
-    accept_pause_ = loop_.after(kAcceptPause, [this] {
-      accept_pause_.reset();
-      (void)loop_.modify(listen_.get(), EPOLLIN);
-    });
-    return;
-  }
 }
 
 void Server::admit(UniqueFd fd) {

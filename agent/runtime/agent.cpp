@@ -24,6 +24,7 @@
 #include "trustfence/datapath/format.hpp"
 #include "trustfence/datapath/host.hpp"
 #include "trustfence/datapath/sock_destroy.hpp"
+#include "trustfence/runtime/acceptor.hpp"
 #include "trustfence/runtime/event_loop.hpp"
 #include "trustfence/runtime/file_watch.hpp"
 #include "trustfence/runtime/node_identity.hpp"
@@ -132,11 +133,14 @@ class NodeAgent {
                                     .write_decisions = [this] { write_decisions(); }});
       auto listener = listen_on(config_.attestation.listen);
       if (!listener) return std::unexpected(listener.error());
-      listener_ = std::move(*listener);
-      if (auto ok =
-              loop_.add(listener_.get(), EPOLLIN, [this](std::uint32_t) { accept_channels(); });
-          !ok)
-        return ok;
+      auto acceptor = Acceptor::start(loop_, std::move(*listener),
+                                      "listen = " + config_.attestation.listen.str(),
+                                      [this](UniqueFd channel, const sockaddr_storage& from) {
+                                        if (auto address = peer_address(from))
+                                          attestor_->accept(std::move(channel), *address);
+                                      });
+      if (!acceptor) return std::unexpected(acceptor.error());
+      channel_acceptor_ = std::move(*acceptor);
       spdlog::info("attesting as {} on {} ({} peers, peer-authentication {}, timeout {} ms)",
                    identity_->agent_id.str(), config_.attestation.listen.str(),
                    config_.attestation.peers.size(),
@@ -572,23 +576,6 @@ class NodeAgent {
     }
   }
 
-  void accept_channels() {
-    for (int i = 0; i < 64; ++i) {
-      sockaddr_storage from{};
-      socklen_t len = sizeof(from);
-      UniqueFd fd(::accept4(listener_.get(), reinterpret_cast<sockaddr*>(&from), &len,
-                            SOCK_NONBLOCK | SOCK_CLOEXEC));
-      if (!fd) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED)
-          spdlog::warn("accept on {}: {}", config_.attestation.listen.str(), std::strerror(errno));
-        return;
-      }
-      auto address = peer_address(from);
-      if (!address) continue;
-      attestor_->accept(std::move(fd), *address);
-    }
-  }
-
   // Entries the events did not tell us about (agent restarted, ring full)
   // are picked up from the table itself; entries gone from it are closed.
   void reconcile() {
@@ -780,7 +767,7 @@ class NodeAgent {
   std::uint64_t reload_failures_ = 0;
   std::string last_reload_error_;
   std::optional<attest::Attestor> attestor_;
-  UniqueFd listener_;
+  std::unique_ptr<Acceptor> channel_acceptor_;
   std::optional<datapath::EventReader> events_;
   std::unique_ptr<api::Server> api_;
   std::unique_ptr<api::MetricsServer> metrics_;

@@ -39,7 +39,7 @@
 #include "trustfence/common/net.hpp"
 #include "trustfence/common/result.hpp"
 #include "trustfence/common/unique_fd.hpp"
-#include "trustfence/runtime/event_loop.hpp"
+#include "trustfence/runtime/acceptor.hpp"
 
 namespace trustfence::api {
 
@@ -113,7 +113,6 @@ class MetricsServer {
 
   MetricsServer(runtime::EventLoop& loop, Handlers handlers, MetricsServerLimits limits);
 
-  void on_listen_ready();
   void admit(UniqueFd fd);
   void on_client_ready(ClientId id, std::uint32_t events);
   void read_head(Client& client);
@@ -129,8 +128,7 @@ class MetricsServer {
   runtime::EventLoop& loop_;
   Handlers handlers_;
   MetricsServerLimits limits_;
-  UniqueFd listen_;
-  std::optional<runtime::EventLoop::TimerId> accept_pause_;
+  std::unique_ptr<runtime::Acceptor> acceptor_;
   std::string address_;
   std::uint16_t port_ = 0;
   std::unordered_map<ClientId, std::unique_ptr<Client>> clients_;

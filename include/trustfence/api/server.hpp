@@ -41,7 +41,7 @@
 #include "trustfence/common/result.hpp"
 #include "trustfence/common/unique_fd.hpp"
 #include "trustfence/config/config.hpp"
-#include "trustfence/runtime/event_loop.hpp"
+#include "trustfence/runtime/acceptor.hpp"
 
 namespace trustfence::api {
 
@@ -102,7 +102,6 @@ class Server {
 
   Server(runtime::EventLoop& loop, Handler handler, ServerLimits limits);
 
-  void on_listen_ready();
   void admit(UniqueFd fd);
   void on_client_ready(ClientId id, std::uint32_t events);
   void read_request(Client& client);
@@ -115,8 +114,7 @@ class Server {
   runtime::EventLoop& loop_;
   Handler handler_;
   ServerLimits limits_;
-  UniqueFd listen_;
-  std::optional<runtime::EventLoop::TimerId> accept_pause_;
+  std::unique_ptr<runtime::Acceptor> acceptor_;
   std::string path_;
   dev_t socket_dev_ = 0;  // identify the file we bound, to unlink only it
   ino_t socket_ino_ = 0;
