@@ -16,9 +16,11 @@
 #include <array>
 #include <cstring>
 #include <filesystem>
+#include <unordered_map>
 
 #include "tf_datapath.skel.h"
 #include "trustfence/datapath/host.hpp"
+#include "trustfence/datapath/netns.hpp"
 
 namespace trustfence::datapath {
 namespace fs = std::filesystem;
@@ -28,6 +30,10 @@ constexpr std::array<const char*, 6> kMapPins = {"tf_conns", "tf_events",   "tf_
                                                  "tf_stats", "tf_overflow", "tf_meta"};
 constexpr std::array<const char*, 3> kLinkPins = {"tf_sockops_link", "tf_egress_link",
                                                   "tf_ingress_link"};
+
+// Given to libbpf when the kernel config is unreadable, which would
+// otherwise fail the load: CONFIG_HZ 0 leaves RTO floors alone.
+constexpr const char* kNoKernelConfig = "CONFIG_HZ=0\n";
 
 tf_meta expected_meta() {
   tf_meta meta{};
@@ -113,6 +119,120 @@ Result<void> attach_pinned(bpf_program* prog, int cgroup_fd, std::uint64_t cgrou
   if (!link) return fail_errno("attaching " + name + " to the cgroup", errno);
   if (int err = bpf_link__pin(link.get(), pin_path.c_str()); err != 0)
     return fail_errno("pinning " + name + " link at " + pin_path, -err);
+  return {};
+}
+
+// A walk costs ~2 ms whatever the netns (the TCP hash is host-wide unless
+// tcp_child_ehash_entries gave the netns its own): past this many netns in
+// one batch, TCP's own 200 ms probe is as quick as the walks would be.
+constexpr std::size_t kMaxForeignWalksPerBatch = 64;
+
+// An iterator walks the TCP sockets of the netns of the thread that makes
+// it (bpf_iter_init_seq_net takes current's netns when the fd is created),
+// whichever thread reads it.
+Result<UniqueFd> make_resend_iterator(int link_fd) {
+  UniqueFd iter(bpf_iter_create(link_fd));
+  if (!iter) return fail_errno("creating the tf_resend_held iterator", errno);
+  return iter;
+}
+
+// Reading the iterator runs tf_resend_held over every TCP socket of its netns.
+Result<void> drain_resend_iterator(int iter_fd) {
+  char buf[64];
+  for (;;) {
+    ssize_t n = ::read(iter_fd, buf, sizeof(buf));
+    if (n == 0) return {};
+    if (n < 0 && errno != EINTR) return fail_errno("running tf_resend_held", errno);
+  }
+}
+
+// Still in tf_resend: no walk has met the socket yet.
+bool still_listed(int resend_fd, Cookie cookie) {
+  std::uint8_t mark = 0;
+  return bpf_map_lookup_elem(resend_fd, &cookie, &mark) == 0;
+}
+
+// The netns to walk for some listed sockets: those of their cgroups'
+// processes, except the ones walked already.
+struct ResendPlan {
+  bool own = false;
+  std::vector<std::pair<NetnsMember, std::vector<Cookie>>> foreign;
+};
+
+ResendPlan plan_resend(NetnsResolver& netns, int conns_fd, std::span<const Cookie> cookies,
+                       NetnsResolver::Freshness freshness, const std::vector<NetnsIno>& walked) {
+  auto was_walked = [&](NetnsIno ino) {
+    return std::find(walked.begin(), walked.end(), ino) != walked.end();
+  };
+  ResendPlan plan;
+  std::unordered_map<std::uint64_t, CgroupNetns> located;
+  for (Cookie cookie : cookies) {
+    tf_conn conn{};
+    if (bpf_map_lookup_elem(conns_fd, &cookie, &conn) != 0) continue;  // closed
+    auto [it, first] = located.try_emplace(conn.cgroup_id);
+    if (first) it->second = netns.locate(conn.cgroup_id, freshness);
+    const CgroupNetns& where = it->second;
+    if (where.unknown() && freshness == NetnsResolver::Freshness::kCached) netns.count_unresolved();
+    if (where.own || where.unknown()) plan.own = true;
+    for (const auto& member : where.foreign) {
+      if (was_walked(member.ino)) continue;
+      auto slot = std::find_if(plan.foreign.begin(), plan.foreign.end(),
+                               [&](const auto& f) { return f.first.ino == member.ino; });
+      if (slot == plan.foreign.end()) slot = plan.foreign.insert(slot, {member, {}});
+      slot->second.push_back(cookie);
+    }
+  }
+  if (was_walked(netns.own())) plan.own = false;
+  return plan;
+}
+
+// Pushes the sockets listed in tf_resend from the netns they live in: the
+// agent's own (the fast path), then each other one with a listed socket.
+Result<void> push_listed(NetnsResolver& netns, int link_fd, int resend_fd, int conns_fd,
+                         std::span<const Cookie> batch) {
+  std::vector<NetnsIno> walked;
+  std::size_t foreign_walks = 0;
+  std::optional<Error> failed;  // the first netns that could not be walked
+  auto walk = [&](const ResendPlan& plan) -> Result<void> {
+    if (plan.own) {
+      auto iter = make_resend_iterator(link_fd);
+      if (!iter) return std::unexpected(iter.error());
+      if (auto ok = drain_resend_iterator(iter->get()); !ok) return ok;
+      walked.push_back(netns.own());
+    }
+    for (const auto& [member, cookies] : plan.foreign) {
+      if (foreign_walks == kMaxForeignWalksPerBatch) break;
+      ++foreign_walks;
+      auto iter = netns.make_in(member, [link_fd] { return make_resend_iterator(link_fd); });
+      if (!iter) {
+        // Gone (kNotFound): listed afresh below. Anything else: the others
+        // are still worth walking.
+        if (iter.error().code != Errc::kNotFound && !failed) failed = iter.error();
+        continue;
+      }
+      walked.push_back(member.ino);
+      if (auto ok = drain_resend_iterator(iter->get()); !ok) return ok;
+      netns.count_foreign_walk(static_cast<std::uint64_t>(std::count_if(
+          cookies.begin(), cookies.end(), [&](Cookie c) { return !still_listed(resend_fd, c); })));
+    }
+    return {};
+  };
+  if (auto ok =
+          walk(plan_resend(netns, conns_fd, batch, NetnsResolver::Freshness::kCached, walked));
+      !ok)
+    return ok;
+  // Open sockets no walk met: their cgroup's processes have moved since it
+  // was listed (a pod restarted, a pid was reused). List them again (at
+  // most once a second per cgroup) and walk where they are now.
+  std::vector<Cookie> missed;
+  for (Cookie cookie : batch)
+    if (still_listed(resend_fd, cookie)) missed.push_back(cookie);
+  if (!missed.empty()) {
+    auto ok =
+        walk(plan_resend(netns, conns_fd, missed, NetnsResolver::Freshness::kRefresh, walked));
+    if (!ok) return ok;
+  }
+  if (failed) return std::unexpected(*failed);
   return {};
 }
 
@@ -220,6 +340,14 @@ Result<Datapath> Datapath::open(const DatapathOptions& options) {
   dp.cgroup_path_ = *cgroup;
   dp.cgroup_id_ = *cg_id;
   dp.pin_state_ = *pins;
+  auto netns = NetnsResolver::open(dp.cgroup_path_);
+  if (!netns) return std::unexpected(netns.error());
+  dp.netns_ = std::move(*netns);
+  if (!dp.netns_->can_enter())
+    spdlog::warn(
+        "without CAP_SYS_ADMIN the agent cannot enter other network namespaces: sockets of pods "
+        "with their own netns, once denied, are dropped but not reset, and their held first "
+        "segment waits for TCP's 200 ms timer");
 
   std::uint32_t max_conns = options.max_connections;
   if (dp.pin_state_ == PinState::kReused) {
@@ -232,17 +360,22 @@ Result<Datapath> Datapath::open(const DatapathOptions& options) {
   }
   if (max_conns == 0) return fail(Errc::kInvalidArgument, "max-connections must be at least 1");
 
+  // Without TCP_BPF_RTO_MIN, or without the kernel config to read CONFIG_HZ
+  // from (floors are jiffies), pending sockets keep the netns floor.
+  const KernelFeatures& features = kernel_features();
+  const bool lower_rto = features.rto_min_sockopt && features.kernel_config;
   // The resend iterator needs Linux 5.15+; without it, load the rest and
   // let TCP's own timers resend held payload.
   int load_err = 0;
   for (bool with_resend : {true, false}) {
-    LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = options.pin_dir.c_str());
+    LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = options.pin_dir.c_str(),
+                .kconfig = features.kernel_config ? nullptr : kNoKernelConfig);
     dp.skel_.reset(tf_datapath__open_opts(&open_opts));
     if (!dp.skel_) return fail_errno("opening the BPF object", errno);
     auto* skel = dp.skel_.get();
     skel->rodata->tf_config.mode = static_cast<__u8>(options.mode);
     skel->rodata->tf_config.untracked_verdict = static_cast<__u8>(options.untracked_verdict);
-    skel->rodata->tf_config.pending_rto_min_us = options.pending_rto_min_us;
+    skel->rodata->tf_config.pending_rto_min_us = lower_rto ? options.pending_rto_min_us : 0;
     skel->rodata->tf_config.default_rto_min_us = default_rto_min_us();
     if (int err = bpf_map__set_max_entries(skel->maps.tf_conns, max_conns); err != 0)
       return fail_errno("sizing tf_conns", -err);
@@ -250,15 +383,22 @@ Result<Datapath> Datapath::open(const DatapathOptions& options) {
     load_err = tf_datapath__load(skel);
     if (load_err == 0) break;
   }
-  if (load_err != 0)
+  if (load_err != 0) {
+    // An old kernel is better told by what it lacks than by the verifier.
+    if (auto ok = check_kernel_features(); !ok) return std::unexpected(ok.error());
     return fail(errc_from_errno(-load_err),
                 describe_errno("loading the BPF programs (run with --log-level debug for the "
                                "verifier's log)",
                                -load_err));
+  }
   auto* skel = dp.skel_.get();
   if (bpf_program__autoload(skel->progs.tf_resend_held)) {
     dp.resend_link_.reset(bpf_program__attach_iter(skel->progs.tf_resend_held, nullptr));
     if (!dp.resend_link_) return fail_errno("attaching the tf_resend_held iterator", errno);
+  }
+  if (auto missing = describe_missing(features, dp.resend_link_ != nullptr); !missing.empty()) {
+    static std::once_flag logged;  // once per process, not on every reload
+    std::call_once(logged, [&] { spdlog::warn("{}", missing); });
   }
 
   if (dp.pin_state_ == PinState::kFresh) {
@@ -320,7 +460,9 @@ Result<std::size_t> Datapath::apply_verdicts(
 
 Result<void> Datapath::resend_held(std::span<const Cookie> cookies) {
   if (!resend_link_ || cookies.empty()) return {};
-  int map_fd = bpf_map__fd(skel_->maps.tf_resend);
+  const int map_fd = bpf_map__fd(skel_->maps.tf_resend);
+  const int conns_fd = bpf_map__fd(skel_->maps.tf_conns);
+  const int link_fd = bpf_link__fd(resend_link_.get());
   while (!cookies.empty()) {
     auto batch = cookies.first(std::min<std::size_t>(cookies.size(), TF_MAX_RESEND_BATCH));
     cookies = cookies.subspan(batch.size());
@@ -328,17 +470,10 @@ Result<void> Datapath::resend_held(std::span<const Cookie> cookies) {
     for (Cookie cookie : batch)
       if (bpf_map_update_elem(map_fd, &cookie, &mark, BPF_ANY) != 0)
         return fail_errno("queueing a resend in tf_resend", errno);
-    // Reading the iterator runs tf_resend_held over every TCP socket.
-    UniqueFd iter(bpf_iter_create(bpf_link__fd(resend_link_.get())));
-    if (!iter) return fail_errno("creating the tf_resend_held iterator", errno);
-    char buf[64];
-    while (true) {
-      ssize_t n = ::read(iter.get(), buf, sizeof(buf));
-      if (n == 0) break;
-      if (n < 0 && errno != EINTR) return fail_errno("running tf_resend_held", errno);
-    }
+    auto pushed = push_listed(*netns_, link_fd, map_fd, conns_fd, batch);
     // Sockets that closed meanwhile were never visited: forget them.
     for (Cookie cookie : batch) bpf_map_delete_elem(map_fd, &cookie);
+    if (!pushed) return pushed;
   }
   return {};
 }

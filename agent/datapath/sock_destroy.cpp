@@ -8,10 +8,13 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
+#include <vector>
 
 #include "trustfence/common/unique_fd.hpp"
 #include "trustfence/datapath/format.hpp"
@@ -107,20 +110,13 @@ Result<int> receive_ack(int fd, std::uint32_t seq) {
   }
 }
 
-}  // namespace
-
-Result<bool> destroy_socket(const tf_tuple& tuple, std::uint64_t cookie) {
-  if (tuple.family != AF_INET && tuple.family != AF_INET6)
-    return fail(Errc::kInvalidArgument, "destroying a socket: address family " +
-                                            std::to_string(tuple.family) +
-                                            " is neither AF_INET nor AF_INET6");
-
-  UniqueFd fd(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
-  if (!fd) return fail_errno("opening a NETLINK_SOCK_DIAG socket", errno);
+// One request on an open NETLINK_SOCK_DIAG socket, in the netns it was
+// opened in.
+Result<bool> destroy_on(int fd, const tf_tuple& tuple, std::uint64_t cookie) {
   const auto seq = next_sequence();
-  if (auto sent = send_request(fd.get(), make_request(tuple, cookie, seq)); !sent)
+  if (auto sent = send_request(fd, make_request(tuple, cookie, seq)); !sent)
     return std::unexpected(sent.error());
-  auto err = receive_ack(fd.get(), seq);
+  auto err = receive_ack(fd, seq);
   if (!err) return std::unexpected(err.error());
 
   switch (*err) {
@@ -140,6 +136,56 @@ Result<bool> destroy_socket(const tf_tuple& tuple, std::uint64_t cookie) {
     default:
       return fail_errno("destroying " + describe(tuple), *err);
   }
+}
+
+Result<UniqueFd> open_sock_diag() {
+  UniqueFd fd(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+  if (!fd) return fail_errno("opening a NETLINK_SOCK_DIAG socket", errno);
+  return fd;
+}
+
+}  // namespace
+
+Result<bool> destroy_socket(const tf_tuple& tuple, std::uint64_t cookie) {
+  if (tuple.family != AF_INET && tuple.family != AF_INET6)
+    return fail(Errc::kInvalidArgument, "destroying a socket: address family " +
+                                            std::to_string(tuple.family) +
+                                            " is neither AF_INET nor AF_INET6");
+  auto fd = open_sock_diag();
+  if (!fd) return std::unexpected(fd.error());
+  return destroy_on(fd->get(), tuple, cookie);
+}
+
+Result<bool> destroy_socket(NetnsResolver& netns, std::uint64_t cookie, const tf_conn& conn) {
+  // The agent's own netns first: the fast path, and today's behaviour.
+  auto here = destroy_socket(conn.tuple, cookie);
+  if (!here || *here) return here;
+  std::vector<NetnsIno> tried;
+  std::optional<Error> failed;  // the first netns that could not be entered
+  auto where = netns.locate(conn.cgroup_id);
+  for (int round = 0; round < 2; ++round) {
+    for (const auto& member : where.foreign) {
+      if (std::find(tried.begin(), tried.end(), member.ino) != tried.end()) continue;
+      auto diag = netns.make_in(member, open_sock_diag);
+      if (!diag) {
+        // Gone (kNotFound): listed afresh below. Anything else: try the others.
+        if (diag.error().code != Errc::kNotFound && !failed) failed = diag.error();
+        continue;
+      }
+      tried.push_back(member.ino);
+      auto destroyed = destroy_on(diag->get(), conn.tuple, cookie);
+      if (!destroyed) return destroyed;
+      if (!*destroyed) continue;
+      netns.count_foreign_destroyed();
+      return true;
+    }
+    // A process may have moved, or a pid been reused, since the cgroup was
+    // listed: list it again (at most once a second per cgroup).
+    if (round == 0) where = netns.locate(conn.cgroup_id, NetnsResolver::Freshness::kRefresh);
+  }
+  if (failed) return std::unexpected(*failed);
+  if (where.unknown()) netns.count_unresolved();
+  return false;
 }
 
 }  // namespace trustfence::datapath

@@ -12,14 +12,6 @@ namespace {
 
 namespace e2e = testing::e2e;
 
-std::string key_pem(EVP_PKEY* key) {
-  tls::BioPtr bio(BIO_new(BIO_s_mem()));
-  PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr);
-  char* data = nullptr;
-  long size = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<std::size_t>(size));
-}
-
 struct Side {
   const char* name;  // "client", "server"
   const e2e::Cluster* own;
@@ -30,8 +22,8 @@ struct Side {
 };
 
 // Certificate, key and the peer's CA under dir; returns the config's path.
-Result<std::string> write_side(const e2e::TempDir& dir, const Side& side) {
-  const std::string prefix = std::string("stunnel-") + side.name;
+Result<std::string> write_side(const e2e::TempDir& dir, const std::string& pair, const Side& side) {
+  const std::string prefix = pair + "-" + side.name;
   auto svid = side.own->issue("spiffe://" + side.own->trust_domain() + "/ns/bench/sa/" + side.name);
   auto cert = dir.write(prefix + ".pem", test::to_pem(svid.cert.get()));
   if (!cert) return std::unexpected(cert.error());
@@ -79,8 +71,16 @@ Result<e2e::Child> start_side(const e2e::Topology& topology, std::size_t node,
 
 }  // namespace
 
+std::string key_pem(EVP_PKEY* key) {
+  tls::BioPtr bio(BIO_new(BIO_s_mem()));
+  PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr);
+  char* data = nullptr;
+  long size = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<std::size_t>(size));
+}
+
 Result<StunnelPair> StunnelPair::start(const e2e::Topology& topology, const e2e::TempDir& dir,
-                                       const StunnelPlan& plan) {
+                                       const ProxyPlan& plan) {
   const Side server{"server",
                     plan.server_cluster,
                     plan.client_cluster,
@@ -93,9 +93,9 @@ Result<StunnelPair> StunnelPair::start(const e2e::Topology& topology, const e2e:
                     true,
                     "127.0.0.1:" + std::to_string(plan.client_port),
                     topology.ipv4_endpoint(1, plan.tls_port)};
-  auto server_config = write_side(dir, server);
+  auto server_config = write_side(dir, plan.name, server);
   if (!server_config) return std::unexpected(server_config.error());
-  auto client_config = write_side(dir, client);
+  auto client_config = write_side(dir, plan.name, client);
   if (!client_config) return std::unexpected(client_config.error());
   auto server_side = start_side(topology, 1, plan.server_cgroup, *server_config, plan.tls_port);
   if (!server_side) return std::unexpected(server_side.error());

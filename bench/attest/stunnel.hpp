@@ -10,6 +10,8 @@
 // the other's against that cluster's CA (verifyChain, requireCert), TLS 1.3
 // only. Each stunnel runs in the foreground as a Child of this process.
 
+#include <openssl/evp.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -23,7 +25,12 @@ namespace trustfence::bench::attest {
 
 inline constexpr const char* kStunnelBinary = "/usr/bin/stunnel4";
 
-struct StunnelPlan {
+// A private key as unencrypted PEM, for the proxies' files.
+std::string key_pem(EVP_PKEY* key);
+
+// Where a pair of mTLS proxies (stunnel here, haproxy in haproxy.hpp) runs.
+struct ProxyPlan {
+  std::string name;                                       // prefix of its files: one pair per name
   const testing::e2e::Cluster* client_cluster = nullptr;  // node 0's
   const testing::e2e::Cluster* server_cluster = nullptr;  // node 1's
   std::string client_cgroup;                              // node 0's workload cgroup
@@ -39,7 +46,7 @@ class StunnelPair {
   // Writes certificates, keys, CA files and configs under dir, starts both
   // and waits until each listens.
   static Result<StunnelPair> start(const testing::e2e::Topology& topology,
-                                   const testing::e2e::TempDir& dir, const StunnelPlan& plan);
+                                   const testing::e2e::TempDir& dir, const ProxyPlan& plan);
 
   // "stunnel 5.68 ..., OpenSSL ...": the version line it prints.
   static Result<std::string> version();

@@ -305,6 +305,11 @@ Result<double> Args::real(std::string_view name, double fallback) const {
               "--" + std::string(name) + ": '" + it->second + "' is not a positive number");
 }
 
+std::string Args::text(std::string_view name, const std::string& fallback) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? fallback : it->second;
+}
+
 int report_failure(const Error& error) {
   std::fprintf(stderr, "error: %s\n", error.message.c_str());
   return 1;

@@ -153,6 +153,7 @@ class Args {
   bool flag(std::string_view name) const;
   Result<std::uint64_t> number(std::string_view name, std::uint64_t fallback) const;
   Result<double> real(std::string_view name, double fallback) const;
+  std::string text(std::string_view name, const std::string& fallback) const;
 
  private:
   std::map<std::string, std::string, std::less<>> values_;

@@ -6,6 +6,10 @@
  * it lists the cookie in tf_resend and runs this TCP socket iterator, which
  * pushes the socket's pending frames (toggling TCP_NODELAY on pushes them,
  * as a user's setsockopt would), then puts TCP_NODELAY back.
+ *
+ * An iterator walks the TCP sockets of one netns only: the one its creator
+ * was in when it made the iterator fd. The agent makes one in each netns
+ * that has a listed socket (a pod's, entered from a short-lived thread).
  */
 #ifndef TF_RESEND_BPF_H
 #define TF_RESEND_BPF_H

@@ -17,7 +17,11 @@
 #include "net.bpf.h"
 #include "stats.bpf.h"
 
-/* uapi bpf.h, since Linux 5.10; older kernels refuse it at run time. */
+/*
+ * uapi bpf.h, since Linux 5.10. The agent probes for it (and for CONFIG_HZ)
+ * at load and sets pending_rto_min_us to 0 without it; a refusal at run
+ * time is still counted (TF_COUNTER_RTO_UNSUPPORTED).
+ */
 #define TF_TCP_BPF_RTO_MIN	    1004
 #define TF_TCP_THIN_LINEAR_TIMEOUTS 16
 

@@ -21,6 +21,7 @@
 #include "support/kernel/assert_ok.hpp"
 #include "support/kernel/socket.hpp"
 #include "support/privileges.hpp"
+#include "trustfence/datapath/host.hpp"
 
 namespace trustfence::testing::kernel {
 namespace {
@@ -71,10 +72,21 @@ Result<void> wait_until_blocked_in_recv(pid_t tid, milliseconds timeout) {
   return fail(Errc::kIo, "the receiving thread never blocked in recvfrom");
 }
 
+// These tests need a kernel that destroys TCP sockets; without one, what
+// the datapath does instead is asserted by
+// KernelSupportTest.SockDestroyWorksIfTheProbeSaysSo.
+#define TF_REQUIRE_SOCK_DESTROY()                                                        \
+  do {                                                                                   \
+    if (!datapath::kernel_features().sock_destroy)                                       \
+      GTEST_SKIP() << "kernel lacks SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY, tcp_diag): " \
+                      "the degraded behaviour is asserted by KernelSupportTest";         \
+  } while (0)
+
 class SockDestroyTest : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override {
     TF_REQUIRE_ROOT();
+    TF_REQUIRE_SOCK_DESTROY();
     TF_ASSERT_OK_AND_ASSIGN(listener_, listen_loopback(GetParam()));
     TF_ASSERT_OK_AND_ASSIGN(auto port, local_endpoint(listener_.get()));
     listen_port_ = port.port;
@@ -222,6 +234,7 @@ TEST_P(SockDestroyTest, WithoutCapNetAdminTheErrorNamesIt) {
 // socket.
 TEST(SockDestroy, FindsAnIpv4MappedSocketByItsMappedTuple) {
   TF_REQUIRE_ROOT();
+  TF_REQUIRE_SOCK_DESTROY();
   auto mapped_loopback = [](std::uint16_t port) {
     sockaddr_in6 sin6{};
     sin6.sin6_family = AF_INET6;

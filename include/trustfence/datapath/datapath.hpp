@@ -19,6 +19,7 @@
 #include "trustfence/datapath/conn_table.hpp"
 #include "trustfence/datapath/events.hpp"
 #include "trustfence/datapath/exemption.hpp"
+#include "trustfence/datapath/netns.hpp"
 #include "trustfence/datapath/typed_map.hpp"
 
 struct tf_datapath;
@@ -61,6 +62,9 @@ class Datapath {
   ~Datapath();
 
   ConnTable& conns() { return *conns_; }
+  // Where tracked sockets live, for acting on them in their own netns
+  // (destroy_socket, resend_held). Thread-safe.
+  NetnsResolver& netns() { return *netns_; }
 
   // Writes verdicts, then has the payload that allowed sockets had held
   // back at egress (listed in tf_held) pushed out at once, instead of
@@ -71,7 +75,9 @@ class Datapath {
   // take their verdict.
   Result<std::size_t> apply_verdicts(std::span<const std::pair<Cookie, VerdictUpdate>> verdicts);
   // Pushes the pending frames of these sockets now, on this thread (see
-  // bpf/lib/resend.bpf.h).
+  // bpf/lib/resend.bpf.h), from the netns each lives in: the agent's own,
+  // or that of its cgroup's processes (see netns.hpp). One walk per netns
+  // per 4,096 sockets; sockets no walk met are looked up again once.
   Result<void> resend_held(std::span<const Cookie> cookies);
   // Waits until the resend thread has pushed everything queued so far.
   void wait_for_resends();
@@ -97,6 +103,7 @@ class Datapath {
   UniqueFd pin_lock_;  // flock on pin_dir, held while we run
   std::unique_ptr<tf_datapath, SkeletonDeleter> skel_;
   std::unique_ptr<bpf_link, LinkDeleter> resend_link_;  // not pinned: per agent
+  std::unique_ptr<NetnsResolver> netns_;
   class ResendThread;
   struct ResendThreadDeleter {
     void operator()(ResendThread* thread) const;

@@ -10,11 +10,12 @@
 
 #include "trustfence/abi.h"
 #include "trustfence/common/result.hpp"
+#include "trustfence/datapath/netns.hpp"
 
 namespace trustfence::datapath {
 
 // Destroys the TCP socket whose own view of the connection is `tuple`
-// (local = its source) in the caller's network namespace, but only if its
+// (local = its source) in the calling thread's network namespace, but only if its
 // socket cookie is `cookie`: a tuple reused by a newer connection, or a
 // listener on the local port, is never hit.
 //
@@ -26,5 +27,12 @@ namespace trustfence::datapath {
 // A kernel without tcp_diag (CONFIG_INET_TCP_DIAG) answers every request
 // with ENOENT, which reads as false here.
 Result<bool> destroy_socket(const tf_tuple& tuple, std::uint64_t cookie);
+
+// The same for a tracked connection, in whichever netns its socket lives:
+// the agent's own first (the fast path), then the netns of the processes of
+// its cgroup (conn.cgroup_id), entered from a short-lived thread. A socket
+// whose netns cannot be found (its cgroup has no process left) is counted
+// as unresolved and reads as false: the datapath still drops its traffic.
+Result<bool> destroy_socket(NetnsResolver& netns, std::uint64_t cookie, const tf_conn& conn);
 
 }  // namespace trustfence::datapath
