@@ -1,28 +1,36 @@
-// Issue 4's figures, in one run, side by side (see README, Benchmarks):
+// Scenarios 2-4 of the benchmark (issue 7) and the in-place half of
+// scenario 1, each against the same run without trustfence:
 //
-//   time to first byte of a new connection (connect, 1-byte request, 1-byte
-//   reply) without enforcement, with enforcement and a warm channel, and
-//   with a cold channel (both agents restarted before each sample);
-//   new connections per second with every connection attested and allowed,
-//   as a ratio to no enforcement, and against the same client and server
-//   behind a pair of Debian's stunnel mTLS proxies.
+//   rate     connections per second (connect, 1-byte request, 1-byte reply,
+//            close; THREADS client threads): no enforcement, trustfence with
+//            a warm channel, trustfence with cold peers (both agents
+//            restarted just before, so the window starts with the channel
+//            handshake), a stunnel mTLS pair, an haproxy mTLS pair
+//   ttfb     time to first byte of a new connection, sequential: the same
+//            paths, cold peers sample by sample (both agents restarted
+//            before each); connections >= 200 ms and the TCP segments the
+//            two nodes retransmitted (/proc/net/snmp in each netns)
+//   bulk     iperf3, 1 and 8 streams, client and server in their nodes'
+//            enforced cgroups, against plain cgroups; iperf3 through a
+//            stunnel pair for reference (the proxies encrypt, trustfence
+//            does not)
+//   inplace  ns per packet of the attached tf_egress / tf_ingress during
+//            an iperf3 run, from the kernel's BPF statistics, against an
+//            empty program attached to the baseline's cgroups the same way
 //
-// Two e2e nodes (network namespaces): the client runs in node 0, the server
-// in node 1, both this binary re-executed as a workload (workload.hpp) in
-// the node's netns and cgroup: the agent's enforced cgroup when enforcing,
-// a plain test cgroup otherwise. Order of the phases:
+// Two e2e nodes (network namespaces over a bridge), each with its agent
+// running throughout (team-a.gke.local and team-b.eks.local, aliasing each
+// other). The baseline puts client and server into plain cgroups of the
+// same nodes, outside the enforced ones, so a repetition switches between
+// with and without trustfence without restarting anything: A B C ..., then
+// the reverse, repetition after repetition. The workloads are this binary
+// re-executed inside the nodes (workload.hpp).
 //
-//   1. no agents: TTFB, then rate (round 1)
-//   2. agents on both nodes (team-a.gke.local and team-b.eks.local aliasing
-//      each other): warm TTFB, rate (checked against the agents' stats),
-//      then cold TTFB
-//   3. no agents: rate (round 2); the baseline rate is the mean of both
-//      rounds, which bracket the enforced one
-//   4. no agents, through stunnel: rate, then TTFB
-//
-// Figures are printed against their targets; nothing here fails on a
-// number. The exit code is non-zero only when something did not run
-// (a workload failed, a connection failed, an agent denied one).
+// Figures are printed against their targets and, with --json-dir, written
+// as bench/results files (bench/conn/results.hpp); nothing here fails on a
+// number. The exit code is non-zero only when something did not run (a
+// workload failed, a connection failed, an agent dropped a packet for
+// anything but a pending verdict).
 
 #include <unistd.h>
 
@@ -34,13 +42,18 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
-#include <numeric>
 #include <optional>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "haproxy.hpp"
+#include "inplace.hpp"
+#include "results.hpp"
 #include "stunnel.hpp"
 #include "support.hpp"
 #include "support/e2e/child.hpp"
@@ -59,205 +72,251 @@ namespace e2e = testing::e2e;
 using json = nlohmann::json;
 using std::chrono::milliseconds;
 
-constexpr std::uint16_t kServerPort = 9000;
-constexpr std::uint16_t kStunnelClientPort = 9001;
-constexpr std::uint16_t kStunnelTlsPort = 9443;
 constexpr std::size_t kClientNode = 0;
 constexpr std::size_t kServerNode = 1;
+// node 1: the workload server in the plain cgroup and in the enforced one
+constexpr std::uint16_t kPlainServerPort = 9000;
+constexpr std::uint16_t kEnforcedServerPort = 9100;
+// node 0 loopback -> node 1 TLS port -> node 1 loopback server
+constexpr std::uint16_t kStunnelClientPort = 9001, kStunnelTlsPort = 9443;
+constexpr std::uint16_t kHaproxyClientPort = 9002, kHaproxyTlsPort = 9444;
+constexpr std::uint16_t kIperfStunnelClientPort = 9003, kIperfStunnelTlsPort = 9445;
+constexpr std::uint16_t kPlainIperfPort = 5201, kEnforcedIperfPort = 5202;
 
-// Targets of issue 4, over the baseline.
+// Targets of issues 4 and 7, over the baseline.
 constexpr double kWarmP50TargetMs = 1;
 constexpr double kWarmP99TargetMs = 5;
 constexpr double kColdP50TargetMs = 5;
 constexpr double kRateRatioTarget = 0.8;
 constexpr double kStunnelFactorTarget = 30;
+constexpr double kBulkRatioTarget = 0.99;
+constexpr double kPacketDeltaTargetNs = 10;
+
+const std::vector<std::string> kScenarios = {"rate", "ttfb", "bulk", "inplace"};
 
 struct Options {
-  std::uint64_t ttfb_samples = 200;
+  std::uint64_t reps = 5;
+  std::uint64_t ttfb_samples = 1000;  // per path and repetition
+  std::uint64_t cold_samples = 4;     // per repetition, an agent restart each
   std::uint64_t warmup = 5;
-  std::uint64_t cold_samples = 20;
   std::uint64_t threads = 4;
-  double seconds = 3.0;
+  double seconds = 2.0;             // per rate window
+  std::uint64_t bulk_seconds = 3;   // per iperf3 run (iperf3 takes whole seconds)
+  std::set<std::string> scenarios;  // empty: all
+  std::string json_dir;
+  std::string keep_logs;  // the agents' logs and stats, at the end
   bool smoke = false;
-  std::string keep_logs;  // a directory for the agents' logs and stats
+
+  bool wants(const std::string& s) const { return scenarios.empty() || scenarios.contains(s); }
 };
 
 Result<Options> parse_options(int argc, char** argv) {
-  // --keep-logs DIR is a path, which Args has no getter for: taken out here.
-  std::string keep_logs;
-  std::vector<char*> rest(argv, argv + argc);
-  for (auto it = rest.begin() + 1; it != rest.end(); ++it) {
-    if (std::string_view(*it) != "--keep-logs") continue;
-    if (it + 1 == rest.end()) return fail(Errc::kInvalidArgument, "--keep-logs needs a directory");
-    keep_logs = *(it + 1);
-    rest.erase(it, it + 2);
-    break;
-  }
-  auto args = Args::parse(static_cast<int>(rest.size()), rest.data(),
-                          {"samples", "cold-samples", "threads", "seconds"}, {"smoke"});
+  auto args = Args::parse(argc, argv,
+                          {"reps", "samples", "cold-samples", "threads", "seconds", "bulk-seconds",
+                           "scenarios", "json-dir", "keep-logs"},
+                          {"smoke"});
   if (!args) return std::unexpected(args.error());
   Options opt;
-  if (args->flag("smoke")) opt = Options{10, 2, 2, 4, 0.5, true, {}};
-  opt.keep_logs = keep_logs;
-  auto samples = args->number("samples", opt.ttfb_samples);
-  if (!samples) return std::unexpected(samples.error());
-  auto cold = args->number("cold-samples", opt.cold_samples);
-  if (!cold) return std::unexpected(cold.error());
-  auto threads = args->number("threads", opt.threads);
-  if (!threads) return std::unexpected(threads.error());
+  if (args->flag("smoke")) {
+    opt.reps = 2;
+    opt.ttfb_samples = 20;
+    opt.cold_samples = 1;
+    opt.warmup = 2;
+    opt.seconds = 0.5;
+    opt.bulk_seconds = 1;
+    opt.smoke = true;
+  }
+  for (auto [name, field] :
+       {std::pair{"reps", &opt.reps}, std::pair{"samples", &opt.ttfb_samples},
+        std::pair{"cold-samples", &opt.cold_samples}, std::pair{"threads", &opt.threads},
+        std::pair{"bulk-seconds", &opt.bulk_seconds}}) {
+    auto n = args->number(name, *field);
+    if (!n) return std::unexpected(n.error());
+    if (*n == 0) return fail(Errc::kInvalidArgument, std::string("--") + name + " must be >= 1");
+    *field = *n;
+  }
   auto seconds = args->real("seconds", opt.seconds);
   if (!seconds) return std::unexpected(seconds.error());
-  if (*samples == 0 || *cold == 0 || *threads == 0)
-    return fail(Errc::kInvalidArgument, "--samples, --cold-samples and --threads must be >= 1");
-  opt.ttfb_samples = *samples;
-  opt.cold_samples = *cold;
-  opt.threads = *threads;
   opt.seconds = *seconds;
+  std::stringstream list(args->text("scenarios", ""));
+  for (std::string s; std::getline(list, s, ',');) {
+    if (std::find(kScenarios.begin(), kScenarios.end(), s) == kScenarios.end())
+      return fail(Errc::kInvalidArgument,
+                  "--scenarios: unknown scenario '" + s + "' (rate, ttfb, bulk, inplace)");
+    opt.scenarios.insert(s);
+  }
+  opt.json_dir = args->text("json-dir", "");
+  opt.keep_logs = args->text("keep-logs", "");
   return opt;
 }
 
-// --- figures ---------------------------------------------------------------
+// --- paths -----------------------------------------------------------------
 
-struct Ttfb {
-  std::vector<double> sorted_ms;
-  std::uint64_t errors = 0;
-  std::string first_error;
+// How a client in node 0 reaches the server in node 1.
+enum class Path { kNone, kWarm, kCold, kStunnel, kHaproxy };
 
-  double p(double q) const { return percentile(sorted_ms, q); }
-  double max() const { return sorted_ms.empty() ? 0 : sorted_ms.back(); }
-  long stalls() const {
-    return std::count_if(sorted_ms.begin(), sorted_ms.end(),
-                         [](double ms) { return ms >= kStallUs / 1e3; });
+const char* key(Path p) {
+  switch (p) {
+    case Path::kNone:
+      return "none";
+    case Path::kWarm:
+      return "warm";
+    case Path::kCold:
+      return "cold";
+    case Path::kStunnel:
+      return "stunnel";
+    case Path::kHaproxy:
+      return "haproxy";
   }
-  void add(const Ttfb& other) {
-    sorted_ms.insert(sorted_ms.end(), other.sorted_ms.begin(), other.sorted_ms.end());
-    std::sort(sorted_ms.begin(), sorted_ms.end());
-    if (errors == 0) first_error = other.first_error;
-    errors += other.errors;
+  return "?";
+}
+
+const char* label(Path p) {
+  switch (p) {
+    case Path::kNone:
+      return "no enforcement";
+    case Path::kWarm:
+      return "trustfence, warm channel";
+    case Path::kCold:
+      return "trustfence, cold peers";
+    case Path::kStunnel:
+      return "stunnel mTLS pair";
+    case Path::kHaproxy:
+      return "haproxy mTLS pair";
+  }
+  return "?";
+}
+
+bool enforced(Path p) { return p == Path::kWarm || p == Path::kCold; }
+
+using Agents = std::vector<std::unique_ptr<e2e::AgentNode>>;
+
+// Everything the scenarios share, set up once.
+struct Lab {
+  Options opt;
+  std::string self;  // this binary, re-executed as the workloads
+  const e2e::Topology& topology;
+  std::string plain_client, plain_server;  // cgroups outside the enforced ones
+  Agents& agents;
+
+  std::string client_cgroup(Path p) const {
+    return enforced(p) ? agents[kClientNode]->cgroup() : plain_client;
+  }
+  std::string endpoint(Path p) const {
+    switch (p) {
+      case Path::kNone:
+        return topology.ipv4_endpoint(kServerNode, kPlainServerPort);
+      case Path::kWarm:
+      case Path::kCold:
+        return topology.ipv4_endpoint(kServerNode, kEnforcedServerPort);
+      case Path::kStunnel:
+        return "127.0.0.1:" + std::to_string(kStunnelClientPort);
+      case Path::kHaproxy:
+        return "127.0.0.1:" + std::to_string(kHaproxyClientPort);
+    }
+    return {};
   }
 };
+
+// A repetition's order: forward, then reversed, so no path always goes first.
+template <typename T>
+std::vector<T> order(std::vector<T> items, std::uint64_t rep) {
+  if (rep % 2) std::reverse(items.begin(), items.end());
+  return items;
+}
+
+// --- problems --------------------------------------------------------------
+
+// Something did not run cleanly: reported at the end, exit code 1.
+std::vector<std::string> g_problems;
+
+void check_errors(const std::string& what, std::uint64_t errors, const std::string& first) {
+  if (errors == 0) return;
+  g_problems.push_back(what + ": " + std::to_string(errors) +
+                       " connection(s) failed, first: " + first);
+  std::printf("  WARNING %s: %llu connection(s) failed (first: %s)\n", what.c_str(),
+              static_cast<unsigned long long>(errors), first.c_str());
+}
+
+// --- the workload client ---------------------------------------------------
+
+// Kills the TIME_WAIT sockets of both nodes (`ss -K`), so a run does not
+// inherit the previous one's: tf_resend_held walks the host's whole TCP
+// hash table, so every socket on the host slows the agents down, and a
+// rate window leaves tens of thousands of them for 60 s.
+Result<void> flush_time_wait(const Lab& lab) {
+  for (std::size_t node : {kClientNode, kServerNode}) {
+    auto result = e2e::run_in(
+        {.netns = lab.topology.node(node), .argv = {"ss", "-K", "-t", "-n", "state", "time-wait"}});
+    if (!result) return std::unexpected(result.error());
+    if (result->exit_code != 0)
+      return fail(Errc::kIo, "ss -K state time-wait in " + lab.topology.node(node) +
+                                 " exited with " + std::to_string(result->exit_code) + ": " +
+                                 result->err);
+  }
+  return {};
+}
+
+// Runs ARGV in node 0 (in cgroup) and parses the JSON it prints.
+Result<json> run_json(const Lab& lab, const std::string& cgroup, std::vector<std::string> argv,
+                      milliseconds timeout) {
+  if (auto ok = flush_time_wait(lab); !ok) return std::unexpected(ok.error());
+  auto result = e2e::run_in(
+      {.netns = lab.topology.node(kClientNode), .cgroup = cgroup, .argv = argv}, timeout);
+  if (!result) return std::unexpected(result.error());
+  if (result->exit_code != 0)
+    return fail(Errc::kIo, testing::join_argv(argv) + " exited with " +
+                               std::to_string(result->exit_code) + ": " + result->err +
+                               result->out.substr(0, 2000));
+  try {
+    return json::parse(result->out);
+  } catch (const json::exception& e) {
+    return fail(Errc::kIo, testing::join_argv(argv) + " printed no JSON (" + std::string(e.what()) +
+                               "): " + result->out.substr(0, 2000));
+  }
+}
+
+struct Ttfb {
+  std::vector<double> ms;  // one per connection, in order
+  std::uint64_t errors = 0;
+  std::string first_error;
+};
+
+Result<Ttfb> measure_ttfb(const Lab& lab, Path p, std::uint64_t samples, std::uint64_t warmup) {
+  const auto timeout = milliseconds(30'000 + (samples + warmup) * (kIoTimeoutSeconds * 1000 + 100));
+  auto out = run_json(lab, lab.client_cgroup(p),
+                      {lab.self, "client", "ttfb", lab.endpoint(p), std::to_string(samples),
+                       std::to_string(warmup)},
+                      timeout);
+  if (!out) return std::unexpected(out.error());
+  Ttfb t;
+  try {
+    for (double us : out->at("samples_us")) t.ms.push_back(us / 1e3);
+    t.errors = out->at("errors").get<std::uint64_t>();
+    t.first_error = out->at("first_error").get<std::string>();
+  } catch (const json::exception& e) {
+    return fail(Errc::kIo, std::string("the client's ttfb JSON: ") + e.what());
+  }
+  return t;
+}
 
 struct Rate {
   std::uint64_t connections = 0;
   double seconds = 0;
   std::uint64_t errors = 0;
   std::string first_error;
-  double p50_ms = 0, p99_ms = 0, max_ms = 0;
   std::uint64_t stalls = 0;
-
   double per_second() const { return seconds > 0 ? connections / seconds : 0; }
 };
 
-std::string ms(double value) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), value < 10 ? "%.2f" : "%.1f", value);
-  return buf;
-}
-
-std::string describe(const Ttfb& t) {
-  return ms(t.p(50)) + " / " + ms(t.p(99)) + " / " + ms(t.max()) + " ms, " +
-         std::to_string(t.stalls()) + " >= 200 ms, n=" + std::to_string(t.sorted_ms.size());
-}
-
-// Something did not run cleanly: reported at the end, exit code 1.
-std::vector<std::string> g_problems;
-
-void check_errors(const std::string& phase, std::uint64_t errors, const std::string& first) {
-  if (errors == 0) return;
-  g_problems.push_back(phase + ": " + std::to_string(errors) +
-                       " connection(s) failed, first: " + first);
-  std::printf("  WARNING %s: %llu connection(s) failed (first: %s)\n", phase.c_str(),
-              static_cast<unsigned long long>(errors), first.c_str());
-}
-
-// --- workloads -------------------------------------------------------------
-
-// Where the client (node 0) and the server (node 1) run.
-struct Placement {
-  std::string client_cgroup;
-  std::string server_cgroup;
-};
-
-struct Bench {
-  Options opt;
-  std::string self;  // this binary, re-executed as the workloads
-  const e2e::Topology& topology;
-  const e2e::TempDir& dir;
-  const e2e::Cluster& cluster_a;
-  const e2e::Cluster& cluster_b;
-};
-
-Result<e2e::Child> start_server(const Bench& b, const std::string& cgroup) {
-  auto child = e2e::spawn({.netns = b.topology.node(kServerNode),
-                           .cgroup = cgroup,
-                           .argv = {b.self, "serve", std::to_string(kServerPort)}});
-  if (!child) return std::unexpected(child.error());
-  if (auto ok = e2e::wait_for_tcp_listen(b.topology.node(kServerNode), kServerPort,
-                                         e2e::kReadyTimeout, &*child);
-      !ok)
-    return fail(ok.error().code, "the server: " + ok.error().message);
-  return std::move(*child);
-}
-
-// Kills the TIME_WAIT sockets of both nodes (`ss -K`), so a phase does not
-// inherit the previous one's: tf_resend_held walks the host's whole TCP
-// hash table, so every socket on the host, in any netns, slows the agents
-// down, and a 3 s baseline round leaves ~40,000 of them for 60 s.
-Result<void> flush_time_wait(const Bench& b) {
-  for (std::size_t node : {kClientNode, kServerNode}) {
-    auto result = e2e::run_in(
-        {.netns = b.topology.node(node), .argv = {"ss", "-K", "-t", "-n", "state", "time-wait"}});
-    if (!result) return std::unexpected(result.error());
-    if (result->exit_code != 0)
-      return fail(Errc::kIo, "ss -K state time-wait in " + b.topology.node(node) + " exited with " +
-                                 std::to_string(result->exit_code) + ": " + result->err);
-  }
-  return {};
-}
-
-// Runs `client ARGS...` in node 0 and parses the JSON line it prints.
-Result<json> run_client(const Bench& b, const std::string& cgroup, std::vector<std::string> args,
-                        milliseconds timeout) {
-  if (auto ok = flush_time_wait(b); !ok) return std::unexpected(ok.error());
-  args.insert(args.begin(), {b.self, "client"});
-  auto result =
-      e2e::run_in({.netns = b.topology.node(kClientNode), .cgroup = cgroup, .argv = args}, timeout);
-  if (!result) return std::unexpected(result.error());
-  if (result->exit_code != 0)
-    return fail(Errc::kIo, testing::join_argv(args) + " exited with " +
-                               std::to_string(result->exit_code) + ": " + result->err);
-  try {
-    return json::parse(result->out);
-  } catch (const json::exception& e) {
-    return fail(Errc::kIo,
-                "the client printed no JSON (" + std::string(e.what()) + "): " + result->out);
-  }
-}
-
-Result<Ttfb> measure_ttfb(const Bench& b, const std::string& cgroup, const std::string& target,
-                          std::uint64_t samples, std::uint64_t warmup) {
-  const auto timeout = milliseconds(30'000 + (samples + warmup) * (kIoTimeoutSeconds * 1000 + 100));
-  auto out = run_client(b, cgroup,
-                        {"ttfb", target, std::to_string(samples), std::to_string(warmup)}, timeout);
-  if (!out) return std::unexpected(out.error());
-  Ttfb t;
-  try {
-    for (double us : out->at("samples_us")) t.sorted_ms.push_back(us / 1e3);
-    t.errors = out->at("errors").get<std::uint64_t>();
-    t.first_error = out->at("first_error").get<std::string>();
-  } catch (const json::exception& e) {
-    return fail(Errc::kIo, std::string("the client's ttfb JSON: ") + e.what());
-  }
-  std::sort(t.sorted_ms.begin(), t.sorted_ms.end());
-  return t;
-}
-
-Result<Rate> measure_rate(const Bench& b, const std::string& cgroup, const std::string& target) {
-  const auto timeout = milliseconds(60'000 + static_cast<long>(b.opt.seconds * 1000));
+Result<Rate> measure_rate(const Lab& lab, Path p) {
+  const auto timeout = milliseconds(60'000 + static_cast<long>(lab.opt.seconds * 1000));
   char seconds[32];
-  std::snprintf(seconds, sizeof(seconds), "%g", b.opt.seconds);
-  auto out =
-      run_client(b, cgroup, {"rate", target, std::to_string(b.opt.threads), seconds}, timeout);
+  std::snprintf(seconds, sizeof(seconds), "%g", lab.opt.seconds);
+  auto out = run_json(
+      lab, lab.client_cgroup(p),
+      {lab.self, "client", "rate", lab.endpoint(p), std::to_string(lab.opt.threads), seconds},
+      timeout);
   if (!out) return std::unexpected(out.error());
   Rate r;
   try {
@@ -265,9 +324,6 @@ Result<Rate> measure_rate(const Bench& b, const std::string& cgroup, const std::
     r.seconds = out->at("seconds").get<double>();
     r.errors = out->at("errors").get<std::uint64_t>();
     r.first_error = out->at("first_error").get<std::string>();
-    r.p50_ms = out->at("p50_us").get<double>() / 1e3;
-    r.p99_ms = out->at("p99_us").get<double>() / 1e3;
-    r.max_ms = out->at("max_us").get<double>() / 1e3;
     r.stalls = out->at("stalls").get<std::uint64_t>();
   } catch (const json::exception& e) {
     return fail(Errc::kIo, std::string("the client's rate JSON: ") + e.what());
@@ -275,365 +331,554 @@ Result<Rate> measure_rate(const Bench& b, const std::string& cgroup, const std::
   return r;
 }
 
-void print_rate(const char* name, const Rate& r) {
-  std::printf(
-      "  %-34s %8.0f conn/s  (%llu in %.2f s; per connection p50 %s, "
-      "p99 %s, max %s ms; %llu >= 200 ms)\n",
-      name, r.per_second(), static_cast<unsigned long long>(r.connections), r.seconds,
-      ms(r.p50_ms).c_str(), ms(r.p99_ms).c_str(), ms(r.max_ms).c_str(),
-      static_cast<unsigned long long>(r.stalls));
+// Restarts both agents: their channel and session tickets are gone, the
+// pinned verdicts and programs stay.
+Result<void> restart_agents(const Lab& lab) {
+  for (auto& agent : lab.agents)
+    if (auto ok = agent->restart({}); !ok) return ok;
+  return {};
 }
 
-// --- agents ----------------------------------------------------------------
+// A few connections, not recorded: the channel (or the proxies' sessions)
+// is up before a warm measurement, whatever ran before it.
+Result<void> warm_up(const Lab& lab, Path p) {
+  auto t = measure_ttfb(lab, p, 1, lab.opt.warmup);
+  if (!t) return std::unexpected(t.error());
+  check_errors(std::string("warm-up, ") + label(p), t->errors, t->first_error);
+  return {};
+}
 
-using Agents = std::vector<std::unique_ptr<e2e::AgentNode>>;
+// TCP segments retransmitted so far by both nodes (RetransSegs of each
+// netns's /proc/net/snmp).
+Result<std::uint64_t> retransmitted(const Lab& lab) {
+  std::uint64_t total = 0;
+  for (std::size_t node : {kClientNode, kServerNode}) {
+    auto result =
+        e2e::run_in({.netns = lab.topology.node(node), .argv = {"cat", "/proc/net/snmp"}});
+    if (!result) return std::unexpected(result.error());
+    std::istringstream in(result->out);
+    std::vector<std::string> header;
+    bool found = false;
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("Tcp:", 0) != 0) continue;
+      std::istringstream fields(line.substr(4));
+      std::vector<std::string> words{std::istream_iterator<std::string>(fields), {}};
+      if (header.empty()) {
+        header = words;
+        continue;
+      }
+      auto at = std::find(header.begin(), header.end(), "RetransSegs");
+      if (at == header.end() || static_cast<std::size_t>(at - header.begin()) >= words.size())
+        break;
+      total += std::stoull(words[at - header.begin()]);
+      found = true;
+    }
+    if (!found)
+      return fail(Errc::kIo, "no Tcp RetransSegs in /proc/net/snmp of " + lab.topology.node(node));
+  }
+  return total;
+}
+
+// --- results ---------------------------------------------------------------
+
+std::vector<double> sorted(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+double median_of(const std::vector<double>& v) { return spread(v).median; }
+
+std::vector<double> ratios(const std::vector<double>& value, const std::vector<double>& base) {
+  std::vector<double> out;
+  for (std::size_t i = 0; i < value.size() && i < base.size(); ++i)
+    if (base[i] != 0) out.push_back(value[i] / base[i]);
+  return out;
+}
+
+// Up to ~300 points of a CDF (milliseconds, fraction at or below), every
+// point of the top 1 %: enough for a plot, small enough to commit.
+json cdf_points(const std::vector<double>& unsorted) {
+  auto v = sorted(unsorted);
+  json points = json::array();
+  const std::size_t n = v.size();
+  const std::size_t tail = n - std::min<std::size_t>(n, std::max<std::size_t>(n / 100, 20));
+  const std::size_t step = std::max<std::size_t>(1, tail / 280);
+  for (std::size_t i = 0; i < n; ++i)
+    if (i >= tail || i % step == 0 || i + 1 == n)
+      points.push_back({v[i], static_cast<double>(i + 1) / n});
+  return points;
+}
+
+std::string fixed(double v, int decimals) {
+  char buf[48];
+  std::snprintf(buf, sizeof(buf), "%.*f", decimals, v);
+  return buf;
+}
+
+// One table row per metric, from the JSON about to be written.
+void print_metrics(const json& doc) {
+  std::printf("\n  %-58s %12s %12s %22s  %-28s %s\n", "metric", "baseline", "value",
+              "ratio median (min-max)", "target", "");
+  for (const auto& m : doc["metrics"]) {
+    auto median = [&](const char* k) {
+      return m[k].is_null() || m[k]["median"].is_null()
+                 ? std::string("-")
+                 : fixed(m[k]["median"].get<double>(), m[k]["median"].get<double>() < 10 ? 3 : 1);
+    };
+    std::string ratio = "-";
+    if (!m["ratio"].is_null())
+      ratio = fixed(m["ratio"]["median"].get<double>(), 3) + " (" +
+              fixed(m["ratio"]["min"].get<double>(), 3) + "-" +
+              fixed(m["ratio"]["max"].get<double>(), 3) + ")";
+    std::string unit = m["unit"].get<std::string>();
+    std::printf("  %-58s %12s %12s %22s  %-28s %s\n",
+                (m["name"].get<std::string>() + " [" + unit + "]").c_str(),
+                median("baseline").c_str(), median("value").c_str(), ratio.c_str(),
+                m["target"].is_null() ? "" : m["target"].get<std::string>().c_str(),
+                m["met"].is_null() ? "" : (m["met"].get<bool>() ? "met" : "MISSED"));
+  }
+  std::fflush(stdout);
+}
+
+Result<void> finish(const Lab& lab, json doc, const std::string& file) {
+  finish_machine_json(doc["machine"]);
+  print_metrics(doc);
+  if (lab.opt.json_dir.empty()) return {};
+  std::error_code ec;
+  std::filesystem::create_directories(lab.opt.json_dir, ec);
+  return write_json(lab.opt.json_dir + "/" + file, doc);
+}
+
+json scenario_doc(const Lab& lab, const std::string& name, const std::string& method) {
+  json doc = scenario_json(name, lab.opt.reps);
+  doc["method"] = method;
+  if (lab.opt.smoke) doc["smoke"] = true;
+  return doc;
+}
+
+// --- scenario 2: connection rate -------------------------------------------
+
+Result<void> scenario_rate(const Lab& lab) {
+  std::printf("\n== scenario 2: connection rate (%llu threads x %g s per window, %llu reps) ==\n",
+              static_cast<unsigned long long>(lab.opt.threads), lab.opt.seconds,
+              static_cast<unsigned long long>(lab.opt.reps));
+  const std::vector<Path> paths = {Path::kNone, Path::kWarm, Path::kCold, Path::kStunnel,
+                                   Path::kHaproxy};
+  std::map<Path, std::vector<double>> rates, stalls;
+  for (std::uint64_t rep = 0; rep < lab.opt.reps && !stop_requested(); ++rep) {
+    std::printf("  rep %llu:", static_cast<unsigned long long>(rep + 1));
+    for (Path p : order(paths, rep)) {
+      auto ready = p == Path::kCold ? restart_agents(lab) : warm_up(lab, p);
+      if (!ready) return ready;
+      auto r = measure_rate(lab, p);
+      if (!r) return fail(r.error().code, std::string(label(p)) + ": " + r.error().message);
+      check_errors(std::string("rate, ") + label(p), r->errors, r->first_error);
+      rates[p].push_back(r->per_second());
+      stalls[p].push_back(static_cast<double>(r->stalls));
+      std::printf(" %s %.0f", key(p), r->per_second());
+    }
+    std::printf(" conn/s\n");
+    std::fflush(stdout);
+  }
+  if (stop_requested()) return fail(Errc::kIo, "interrupted");
+
+  json doc = scenario_doc(
+      lab, "conn_rate",
+      "connect, 1-byte request, 1-byte reply, close; " + std::to_string(lab.opt.threads) +
+          " client threads in node 0, server in node 1 (veth over a bridge); each path one "
+          "window per repetition, in alternating order; ratio per repetition");
+  for (Path p : {Path::kWarm, Path::kCold, Path::kStunnel, Path::kHaproxy}) {
+    Metric m{.name = std::string("conn/s, ") + label(p),
+             .unit = "conn/s",
+             .baseline = rates[Path::kNone],
+             .value = rates[p]};
+    if (p == Path::kWarm) {
+      m.target = ">= 0.8 x no enforcement";
+      m.met = median_of(ratios(rates[p], rates[Path::kNone])) >= kRateRatioTarget;
+    }
+    doc["metrics"].push_back(metric_json(m));
+  }
+  doc["metrics"].push_back(
+      metric_json({.name = "conn/s, trustfence warm vs stunnel",
+                   .unit = "conn/s",
+                   .baseline = rates[Path::kStunnel],
+                   .value = rates[Path::kWarm],
+                   .target = ">= 30 x stunnel",
+                   .met = median_of(ratios(rates[Path::kWarm], rates[Path::kStunnel])) >=
+                          kStunnelFactorTarget}));
+  doc["metrics"].push_back(metric_json({.name = "conn/s, trustfence warm vs haproxy",
+                                        .unit = "conn/s",
+                                        .baseline = rates[Path::kHaproxy],
+                                        .value = rates[Path::kWarm]}));
+  std::vector<double> enforced_stalls;
+  double total_stalls = 0;
+  for (std::size_t i = 0; i < stalls[Path::kWarm].size(); ++i) {
+    enforced_stalls.push_back(stalls[Path::kWarm][i] + stalls[Path::kCold][i]);
+    total_stalls += enforced_stalls.back();
+  }
+  doc["metrics"].push_back(metric_json({.name = "connections >= 200 ms, warm + cold windows",
+                                        .unit = "connections",
+                                        .baseline = stalls[Path::kNone],
+                                        .value = enforced_stalls,
+                                        .target = "none",
+                                        .met = total_stalls == 0}));
+  return finish(lab, std::move(doc), "conn_rate.json");
+}
+
+// --- scenario 3: time to first byte ----------------------------------------
+
+Result<void> scenario_ttfb(const Lab& lab) {
+  std::printf(
+      "\n== scenario 3: time to first byte (%llu samples per path and rep, %llu cold, %llu "
+      "reps) ==\n",
+      static_cast<unsigned long long>(lab.opt.ttfb_samples),
+      static_cast<unsigned long long>(lab.opt.cold_samples),
+      static_cast<unsigned long long>(lab.opt.reps));
+  const std::vector<Path> paths = {Path::kNone, Path::kWarm, Path::kCold, Path::kStunnel,
+                                   Path::kHaproxy};
+  std::map<Path, std::vector<double>> pooled;
+  std::map<Path, std::vector<std::vector<double>>> per_rep;
+  std::map<Path, std::vector<double>> retrans_per_1000, stalls;
+  for (std::uint64_t rep = 0; rep < lab.opt.reps && !stop_requested(); ++rep) {
+    std::printf("  rep %llu: p50", static_cast<unsigned long long>(rep + 1));
+    for (Path p : order(paths, rep)) {
+      Ttfb t;
+      std::uint64_t retrans = 0;
+      const std::uint64_t samples = p == Path::kCold ? lab.opt.cold_samples : lab.opt.ttfb_samples;
+      if (p != Path::kCold)
+        if (auto ok = warm_up(lab, p); !ok) return ok;
+      // Cold: both agents restarted before every sample; warm: one run.
+      for (std::uint64_t i = 0; i < (p == Path::kCold ? samples : 1); ++i) {
+        if (p == Path::kCold)
+          if (auto ok = restart_agents(lab); !ok) return ok;
+        auto before = retransmitted(lab);
+        if (!before) return std::unexpected(before.error());
+        auto got = measure_ttfb(lab, p, p == Path::kCold ? 1 : samples, 0);
+        if (!got) return fail(got.error().code, std::string(label(p)) + ": " + got.error().message);
+        auto after = retransmitted(lab);
+        if (!after) return std::unexpected(after.error());
+        retrans += *after - *before;
+        t.ms.insert(t.ms.end(), got->ms.begin(), got->ms.end());
+        if (t.errors == 0) t.first_error = got->first_error;
+        t.errors += got->errors;
+      }
+      check_errors(std::string("TTFB, ") + label(p), t.errors, t.first_error);
+      pooled[p].insert(pooled[p].end(), t.ms.begin(), t.ms.end());
+      stalls[p].push_back(static_cast<double>(
+          std::count_if(t.ms.begin(), t.ms.end(), [](double ms) { return ms >= kStallUs / 1e3; })));
+      retrans_per_1000[p].push_back(t.ms.empty() ? 0 : 1000.0 * retrans / t.ms.size());
+      per_rep[p].push_back(sorted(t.ms));
+      std::printf(" %s %.3f", key(p), percentile(per_rep[p].back(), 50));
+    }
+    std::printf(" ms\n");
+    std::fflush(stdout);
+  }
+  if (stop_requested()) return fail(Errc::kIo, "interrupted");
+
+  json doc = scenario_doc(
+      lab, "ttfb",
+      "sequential connections from node 0 to node 1: connect() to the 1-byte reply; cold: both "
+      "agents restarted before each sample; the median column is the percentile over all "
+      "samples pooled, min-max the range of the per-repetition percentiles");
+  auto pct = [&](Path p, double q) {
+    std::vector<double> v;
+    for (const auto& rep : per_rep[p]) v.push_back(percentile(rep, q));
+    return v;
+  };
+  const auto none_sorted = sorted(pooled[Path::kNone]);
+  for (Path p : {Path::kWarm, Path::kCold, Path::kStunnel, Path::kHaproxy}) {
+    const auto mine = sorted(pooled[p]);
+    for (double q : {50.0, 99.0, 99.9}) {
+      const std::string qname = q == 50 ? "p50" : q == 99 ? "p99" : "p999";
+      Metric m{.name = "TTFB " + qname + ", " + label(p),
+               .unit = "ms",
+               .baseline = pct(Path::kNone, q),
+               .value = pct(p, q),
+               .pooled_baseline = percentile(none_sorted, q),
+               .pooled_value = percentile(mine, q)};
+      const double delta = percentile(mine, q) - percentile(none_sorted, q);
+      if (p == Path::kWarm && q == 50) {
+        m.target = "<= no enforcement + 1 ms";
+        m.met = delta <= kWarmP50TargetMs;
+      } else if (p == Path::kWarm && q == 99) {
+        m.target = "<= no enforcement + 5 ms";
+        m.met = delta <= kWarmP99TargetMs;
+      } else if (p == Path::kCold && q == 50) {
+        m.target = "<= no enforcement + 5 ms (issue 4)";
+        m.met = delta <= kColdP50TargetMs;
+      }
+      doc["metrics"].push_back(metric_json(m));
+    }
+  }
+  for (Path p : {Path::kWarm, Path::kCold}) {
+    double total = 0;
+    for (double s : stalls[p]) total += s;
+    doc["metrics"].push_back(metric_json({.name = std::string("connections >= 200 ms, ") + label(p),
+                                          .unit = "connections",
+                                          .baseline = stalls[Path::kNone],
+                                          .value = stalls[p],
+                                          .target = "none",
+                                          .met = total == 0}));
+  }
+  for (Path p : {Path::kWarm, Path::kCold})
+    doc["metrics"].push_back(metric_json(
+        {.name = std::string("TCP segments retransmitted per 1000 connections, ") + label(p),
+         .unit = "segments",
+         .baseline = retrans_per_1000[Path::kNone],
+         .value = retrans_per_1000[p]}));
+  doc["samples"] = json::object();
+  doc["cdf"] = json::object();
+  for (Path p : paths) {
+    doc["samples"][key(p)] = pooled[p].size();
+    doc["cdf"][key(p)] = {{"label", label(p)}, {"points", cdf_points(pooled[p])}};
+  }
+  return finish(lab, std::move(doc), "ttfb.json");
+}
+
+// --- scenario 4: bulk throughput -------------------------------------------
+
+struct Bulk {
+  std::string name;    // JSON and table
+  std::string cgroup;  // the client's
+  std::string host;
+  std::uint16_t port;
+  int streams;
+};
+
+struct BulkResult {
+  double gbps = 0;
+  double retransmits = 0;
+};
+
+Result<BulkResult> run_iperf(const Lab& lab, const Bulk& b) {
+  auto out = run_json(lab, b.cgroup,
+                      {"iperf3", "-c", b.host, "-p", std::to_string(b.port), "-t",
+                       std::to_string(lab.opt.bulk_seconds), "-P", std::to_string(b.streams), "-J"},
+                      milliseconds(60'000 + lab.opt.bulk_seconds * 1000));
+  if (!out) return std::unexpected(out.error());
+  try {
+    if (out->contains("error"))
+      return fail(Errc::kIo, "iperf3 (" + b.name + "): " + out->at("error").get<std::string>());
+    const auto& end = out->at("end");
+    return BulkResult{end.at("sum_received").at("bits_per_second").get<double>() / 1e9,
+                      end.at("sum_sent").value("retransmits", 0.0)};
+  } catch (const json::exception& e) {
+    return fail(Errc::kIo, "iperf3 (" + b.name + ") JSON: " + e.what());
+  }
+}
+
+Result<void> scenario_bulk(const Lab& lab) {
+  std::printf("\n== scenario 4: bulk throughput, iperf3 (%llu s per run, %llu reps) ==\n",
+              static_cast<unsigned long long>(lab.opt.bulk_seconds),
+              static_cast<unsigned long long>(lab.opt.reps));
+  const std::string server_ip = lab.topology.ipv4(kServerNode);
+  const std::string tf_client = lab.agents[kClientNode]->cgroup();
+  const std::vector<Bulk> runs = {
+      {"none-1", lab.plain_client, server_ip, kPlainIperfPort, 1},
+      {"trustfence-1", tf_client, server_ip, kEnforcedIperfPort, 1},
+      {"none-8", lab.plain_client, server_ip, kPlainIperfPort, 8},
+      {"trustfence-8", tf_client, server_ip, kEnforcedIperfPort, 8},
+      {"stunnel-1", lab.plain_client, "127.0.0.1", kIperfStunnelClientPort, 1},
+  };
+  std::map<std::string, std::vector<double>> gbps, retrans;
+  for (std::uint64_t rep = 0; rep < lab.opt.reps && !stop_requested(); ++rep) {
+    std::printf("  rep %llu:", static_cast<unsigned long long>(rep + 1));
+    for (const Bulk& b : order(runs, rep)) {
+      auto r = run_iperf(lab, b);
+      if (!r) return std::unexpected(r.error());
+      gbps[b.name].push_back(r->gbps);
+      retrans[b.name].push_back(r->retransmits);
+      std::printf(" %s %.2f", b.name.c_str(), r->gbps);
+    }
+    std::printf(" Gbit/s\n");
+    std::fflush(stdout);
+  }
+  if (stop_requested()) return fail(Errc::kIo, "interrupted");
+
+  json doc = scenario_doc(
+      lab, "bulk",
+      "iperf3 -t " + std::to_string(lab.opt.bulk_seconds) +
+          " from node 0 to node 1 (veth over a bridge), receiver's rate; trustfence: client "
+          "and server in their nodes' enforced cgroups, both agents running; baseline: plain "
+          "cgroups of the same nodes. trustfence does not encrypt: the stunnel figure is "
+          "encrypted traffic, for reference");
+  for (int streams : {1, 8}) {
+    const std::string n = std::to_string(streams);
+    const auto& base = gbps["none-" + n];
+    const auto& tf = gbps["trustfence-" + n];
+    doc["metrics"].push_back(
+        metric_json({.name = "iperf3 " + n + (streams == 1 ? " stream" : " streams") +
+                             ", trustfence (no encryption)",
+                     .unit = "Gbit/s",
+                     .baseline = base,
+                     .value = tf,
+                     .target = ">= 0.99 x no enforcement",
+                     .met = median_of(ratios(tf, base)) >= kBulkRatioTarget}));
+  }
+  doc["metrics"].push_back(metric_json({.name = "iperf3 1 stream, stunnel mTLS pair (encrypts)",
+                                        .unit = "Gbit/s",
+                                        .baseline = gbps["none-1"],
+                                        .value = gbps["stunnel-1"]}));
+  for (int streams : {1, 8}) {
+    const std::string n = std::to_string(streams);
+    doc["metrics"].push_back(metric_json(
+        {.name = "iperf3 " + n + (streams == 1 ? " stream" : " streams") + ", TCP retransmits",
+         .unit = "segments",
+         .baseline = retrans["none-" + n],
+         .value = retrans["trustfence-" + n]}));
+  }
+  return finish(lab, std::move(doc), "bulk.json");
+}
+
+// --- scenario 1, in place --------------------------------------------------
+
+Result<void> scenario_inplace(const Lab& lab) {
+  std::printf(
+      "\n== scenario 1 in place: kernel BPF statistics during iperf3, 1 stream (%llu s per run, "
+      "%llu reps) ==\n",
+      static_cast<unsigned long long>(lab.opt.bulk_seconds),
+      static_cast<unsigned long long>(lab.opt.reps));
+  // The agents' programs as attached now (a restart swaps in new ones).
+  std::vector<std::uint32_t> tf_egress, tf_ingress;
+  for (const auto& agent : lab.agents) {
+    for (auto [type, ids] : {std::pair{BPF_CGROUP_INET_EGRESS, &tf_egress},
+                             std::pair{BPF_CGROUP_INET_INGRESS, &tf_ingress}}) {
+      auto got = attached_programs(agent->cgroup(), type);
+      if (!got) return std::unexpected(got.error());
+      ids->insert(ids->end(), got->begin(), got->end());
+    }
+  }
+  auto empty = EmptyPrograms::attach({lab.plain_client, lab.plain_server});
+  if (!empty) return std::unexpected(empty.error());
+  auto stats_on = enable_run_time_stats();
+  if (!stats_on) return std::unexpected(stats_on.error());
+
+  const std::string server_ip = lab.topology.ipv4(kServerNode);
+  const std::vector<Bulk> runs = {
+      {"empty", lab.plain_client, server_ip, kPlainIperfPort, 1},
+      {"trustfence", lab.agents[kClientNode]->cgroup(), server_ip, kEnforcedIperfPort, 1},
+  };
+  std::map<std::string, std::vector<double>> egress_ns, ingress_ns, packets;
+  for (std::uint64_t rep = 0; rep < lab.opt.reps && !stop_requested(); ++rep) {
+    std::printf("  rep %llu:", static_cast<unsigned long long>(rep + 1));
+    for (const Bulk& b : order(runs, rep)) {
+      const bool tf = b.name == "trustfence";
+      const auto& eg = tf ? tf_egress : empty->egress();
+      const auto& in = tf ? tf_ingress : empty->ingress();
+      auto eg0 = run_totals(eg), in0 = run_totals(in);
+      if (!eg0 || !in0) return std::unexpected(eg0 ? in0.error() : eg0.error());
+      auto r = run_iperf(lab, b);
+      if (!r) return std::unexpected(r.error());
+      auto eg1 = run_totals(eg), in1 = run_totals(in);
+      if (!eg1 || !in1) return std::unexpected(eg1 ? in1.error() : eg1.error());
+      const RunTotals e = *eg1 - *eg0, i = *in1 - *in0;
+      if (e.runs == 0 || i.runs == 0)
+        return fail(Errc::kIo, "the " + b.name + " programs did not run during iperf3");
+      egress_ns[b.name].push_back(e.ns_per_run());
+      ingress_ns[b.name].push_back(i.ns_per_run());
+      packets[b.name].push_back(static_cast<double>(e.runs + i.runs));
+      std::printf(" %s egress %.1f ingress %.1f ns (%llu runs)", b.name.c_str(), e.ns_per_run(),
+                  i.ns_per_run(), static_cast<unsigned long long>(e.runs + i.runs));
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  if (stop_requested()) return fail(Errc::kIo, "interrupted");
+
+  json doc = scenario_doc(
+      lab, "packet_inplace",
+      "run_time_ns / run_cnt of the attached programs (BPF_ENABLE_STATS) over an iperf3 run "
+      "of " +
+          std::to_string(lab.opt.bulk_seconds) +
+          " s, both nodes; baseline: an empty cgroup_skb program attached the same way (cgroup "
+          "link, egress and ingress) to the plain cgroups, measured under the same traffic, "
+          "so the statistics' own cost cancels; GSO segments count as one run");
+  for (auto [name, series] :
+       {std::pair{"tf_egress", &egress_ns}, std::pair{"tf_ingress", &ingress_ns}}) {
+    const auto& base = (*series)["empty"];
+    const auto& tf = (*series)["trustfence"];
+    std::vector<double> delta;
+    for (std::size_t i = 0; i < tf.size(); ++i) delta.push_back(tf[i] - base[i]);
+    doc["metrics"].push_back(metric_json({.name = std::string(name) + " in place (BPF stats)",
+                                          .unit = "ns/packet",
+                                          .baseline = base,
+                                          .value = tf,
+                                          .target = "<= empty + 10 ns",
+                                          .met = median_of(delta) <= kPacketDeltaTargetNs}));
+  }
+  doc["metrics"].push_back(metric_json({.name = "program runs per iperf3 run (both directions)",
+                                        .unit = "runs",
+                                        .baseline = packets["empty"],
+                                        .value = packets["trustfence"]}));
+  return finish(lab, std::move(doc), "packet_inplace.json");
+}
+
+// --- setup -----------------------------------------------------------------
 
 // node 0: team-a.gke.local, node 1: team-b.eks.local, each aliasing the other.
-Result<Agents> start_agents(const Bench& b) {
+Result<Agents> start_agents(const e2e::Topology& topology, const e2e::TempDir& dir,
+                            const e2e::Cluster& a, const e2e::Cluster& b) {
   Agents agents;
-  const e2e::Cluster* clusters[] = {&b.cluster_a, &b.cluster_b};
+  const e2e::Cluster* clusters[] = {&a, &b};
   for (std::size_t node : {kClientNode, kServerNode}) {
     e2e::AgentSpec spec;
     spec.name = "node" + std::to_string(node);
     spec.node = node;
     spec.cluster = clusters[node];
-    spec.bundles = {&b.cluster_a, &b.cluster_b};
+    spec.bundles = {&a, &b};
     spec.config = {"trust-domain-alias = " + clusters[1 - node]->trust_domain()};
-    auto agent = e2e::AgentNode::start(b.topology, spec, b.dir, TF_CLI_PATH);
+    spec.log_level = "info";  // as deployed: no line per verdict
+    auto agent = e2e::AgentNode::start(topology, spec, dir, TF_CLI_PATH);
     if (!agent) return std::unexpected(agent.error());
     agents.push_back(std::move(*agent));
   }
   return agents;
 }
 
-Result<json> agent_stats(const e2e::AgentNode& agent) {
-  auto result = testing::run_command({TF_CLI_PATH, "stats", "--json", "--api-socket",
-                                      agent.api_socket(), "--pin-dir", agent.pin_dir()});
-  if (!result) return std::unexpected(result.error());
-  if (result->exit_code != 0)
-    return fail(Errc::kIo, agent.name() + ": trustfence stats failed: " + result->err);
-  try {
-    return json::parse(result->out);
-  } catch (const json::exception& e) {
-    return fail(Errc::kIo, agent.name() + ": trustfence stats printed no JSON: " + e.what());
-  }
+Result<e2e::Child> start_server(const e2e::Topology& topology, const std::string& cgroup,
+                                std::vector<std::string> argv, std::uint16_t port) {
+  auto child = e2e::spawn({.netns = topology.node(kServerNode), .cgroup = cgroup, .argv = argv});
+  if (!child) return std::unexpected(child.error());
+  if (auto ok =
+          e2e::wait_for_tcp_listen(topology.node(kServerNode), port, e2e::kReadyTimeout, &*child);
+      !ok)
+    return fail(ok.error().code, testing::join_argv(argv) + ": " + ok.error().message);
+  return std::move(*child);
 }
 
-// What the agents' stats and logs say about a stretch of connections.
-struct AgentCounters {
-  std::uint64_t tracked = 0;          // counters.conn_tracked
-  std::uint64_t requests_sent = 0;    // attestation requests for our outbound sockets
-  std::uint64_t responses = 0;        // answers received to them
-  std::uint64_t requests_served = 0;  // requests answered for a peer
-  std::uint64_t pending_drops = 0;    // payload held until the verdict
-  std::uint64_t deny_drops = 0;       // packets dropped for any other reason
-  std::uint64_t allow_lines = 0;      // "allow ..." decisions in the debug log
-  std::uint64_t deny_lines = 0;       // "deny ..." decisions
-  std::size_t log_size = 0;
-};
-
-std::uint64_t number_at(const json& j, std::initializer_list<const char*> path) {
-  const json* at = &j;
-  for (const char* key : path) {
-    if (!at->is_object() || !at->contains(key)) return 0;
-    at = &(*at)[key];
-  }
-  return at->is_number_unsigned() ? at->get<std::uint64_t>() : 0;
-}
-
-// Counts decision lines the agent logs at debug level (AgentSpec writes
-// log-level = debug): "... allow outbound ..." / "... deny inbound ...".
-std::uint64_t count_decisions(const std::string& log, std::size_t from,
-                              const std::string& verdict) {
-  std::uint64_t n = 0;
-  for (const char* dir : {"outbound", "inbound"}) {
-    const std::string needle = verdict + " " + dir + " ";
-    for (auto at = log.find(needle, from); at != std::string::npos; at = log.find(needle, at + 1))
-      ++n;
-  }
-  return n;
-}
-
-Result<AgentCounters> read_counters(const e2e::AgentNode& agent, std::size_t log_from) {
-  auto stats = agent_stats(agent);
-  if (!stats) return std::unexpected(stats.error());
-  AgentCounters c;
-  c.tracked = number_at(*stats, {"counters", "conn_tracked"});
-  c.requests_sent = number_at(*stats, {"attestation", "requests_sent"});
-  c.responses = number_at(*stats, {"attestation", "responses"});
-  c.requests_served = number_at(*stats, {"attestation", "requests_served"});
-  if (auto packets = stats->find("packets"); packets != stats->end() && packets->is_object()) {
-    for (const auto& [dir, actions] : packets->items()) {
-      if (!actions.contains("drop")) continue;
-      for (const auto& [reason, n] : actions["drop"].items())
-        (reason == "pending" ? c.pending_drops : c.deny_drops) += n.get<std::uint64_t>();
+// Packets the agents dropped for anything but a pending verdict: a run
+// meant to allow everything must have none.
+void check_agents(const Agents& agents) {
+  for (const auto& agent : agents) {
+    auto stats = agent->stats();
+    if (!stats) {
+      g_problems.push_back(agent->name() + ": stats: " + stats.error().message);
+      continue;
     }
-  }
-  auto log = agent.log();
-  if (!log) return std::unexpected(log.error());
-  c.allow_lines = count_decisions(*log, log_from, "allow");
-  c.deny_lines = count_decisions(*log, log_from, "deny");
-  c.log_size = log->size();
-  return c;
-}
-
-AgentCounters operator-(const AgentCounters& a, const AgentCounters& b) {
-  return {a.tracked - b.tracked,
-          a.requests_sent - b.requests_sent,
-          a.responses - b.responses,
-          a.requests_served - b.requests_served,
-          a.pending_drops - b.pending_drops,
-          a.deny_drops - b.deny_drops,
-          a.allow_lines,  // already counted from the mark on
-          a.deny_lines,
-          a.log_size};
-}
-
-// Polls until both agents logged a decision for every connection made (they
-// log just after writing the verdicts), at most a few seconds.
-Result<std::vector<AgentCounters>> settle_counters(const Agents& agents,
-                                                   const std::vector<AgentCounters>& before,
-                                                   std::uint64_t connections) {
-  std::vector<AgentCounters> delta(agents.size());
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  for (;;) {
-    bool settled = true;
-    for (std::size_t i = 0; i < agents.size(); ++i) {
-      auto now = read_counters(*agents[i], before[i].log_size);
-      if (!now) return std::unexpected(now.error());
-      delta[i] = *now - before[i];
-      settled = settled && delta[i].allow_lines + delta[i].deny_lines >= connections;
-    }
-    if (settled || std::chrono::steady_clock::now() > deadline) return delta;
-    std::this_thread::sleep_for(milliseconds(100));
+    std::uint64_t dropped = 0;
+    for (const auto& [dir, actions] : stats->value("packets", json::object()).items())
+      if (actions.contains("drop"))
+        for (const auto& [reason, n] : actions["drop"].items())
+          if (reason != "pending" && n.is_number_unsigned()) dropped += n.get<std::uint64_t>();
+    if (dropped != 0)
+      g_problems.push_back(agent->name() + "'s datapath dropped " + std::to_string(dropped) +
+                           " packets for a reason other than a pending verdict");
   }
 }
 
-// The outbound channel of node 0's agent to node 1: "ready", "none", ...
-std::string channel_state(const e2e::AgentNode& agent) {
-  auto stats = agent_stats(agent);
-  if (!stats) return "unknown (" + stats.error().message + ")";
-  for (const auto& c : stats->value("channels", json::array()))
-    if (c.value("side", "") == "outbound")
-      return c.value("state", "?") + (c.value("resumed", false) ? " (resumed session)" : "");
-  return "none";
-}
-
-// Copies each agent's log and its stats JSON into dir, for a look at where
-// the time went (log-level = debug: a line per event and per verdict).
 void keep_logs(const Agents& agents, const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   for (const auto& agent : agents) {
     auto log = agent->log();
-    auto stats = agent_stats(*agent);
+    auto stats = agent->stats();
     std::ofstream(dir + "/" + agent->name() + ".log") << (log ? *log : log.error().message);
     std::ofstream(dir + "/" + agent->name() + "-stats.json")
         << (stats ? stats->dump(2) : stats.error().message) << "\n";
   }
-  std::printf("  agent logs and stats kept in %s\n", dir.c_str());
+  std::printf("agent logs and stats kept in %s\n", dir.c_str());
 }
 
-// --- phases ----------------------------------------------------------------
-
-struct Figures {
-  Ttfb baseline, warm, cold, stunnel;
-  Rate baseline_rate[2], enforced_rate, stunnel_rate;
-  std::vector<AgentCounters> rate_check;
-  std::string warm_channel;
-  std::string stunnel_version;
-
-  double baseline_per_second() const {
-    return (baseline_rate[0].per_second() + baseline_rate[1].per_second()) / 2;
-  }
-};
-
-Result<void> phase_baseline_ttfb_and_rate(const Bench& b, const Placement& plain,
-                                          const std::string& target, Figures& f) {
-  std::printf("-- no agents (plain cgroups)\n");
-  auto server = start_server(b, plain.server_cgroup);
-  if (!server) return std::unexpected(server.error());
-  auto ttfb = measure_ttfb(b, plain.client_cgroup, target, b.opt.ttfb_samples, b.opt.warmup);
-  if (!ttfb) return std::unexpected(ttfb.error());
-  f.baseline = std::move(*ttfb);
-  std::printf("  %-34s %s\n", "TTFB p50 / p99 / max", describe(f.baseline).c_str());
-  check_errors("baseline TTFB", f.baseline.errors, f.baseline.first_error);
-  auto rate = measure_rate(b, plain.client_cgroup, target);
-  if (!rate) return std::unexpected(rate.error());
-  f.baseline_rate[0] = *rate;
-  print_rate("rate, round 1", *rate);
-  check_errors("baseline rate", rate->errors, rate->first_error);
-  return {};
-}
-
-Result<void> phase_enforced(const Bench& b, const std::string& target, Figures& f) {
-  std::printf("-- agents on both nodes (workloads in the enforced cgroups)\n");
-  auto agents = start_agents(b);
-  if (!agents) return std::unexpected(agents.error());
-  const Placement enforced{(*agents)[kClientNode]->cgroup(), (*agents)[kServerNode]->cgroup()};
-  // Declared after the agents: stopped first, so the cgroups can go.
-  auto server = start_server(b, enforced.server_cgroup);
-  if (!server) return std::unexpected(server.error());
-
-  auto warm = measure_ttfb(b, enforced.client_cgroup, target, b.opt.ttfb_samples, b.opt.warmup);
-  if (!warm) return std::unexpected(warm.error());
-  f.warm = std::move(*warm);
-  f.warm_channel = channel_state(*(*agents)[kClientNode]);
-  std::printf("  %-34s %s (channel node0 -> node1: %s)\n", "warm TTFB p50 / p99 / max",
-              describe(f.warm).c_str(), f.warm_channel.c_str());
-  check_errors("warm TTFB", f.warm.errors, f.warm.first_error);
-
-  std::vector<AgentCounters> before;
-  for (const auto& agent : *agents) {
-    auto log = agent->log();
-    auto c = read_counters(*agent, log ? log->size() : 0);
-    if (!c) return std::unexpected(c.error());
-    before.push_back(*c);
-  }
-  auto rate = measure_rate(b, enforced.client_cgroup, target);
-  if (!rate) return std::unexpected(rate.error());
-  f.enforced_rate = *rate;
-  print_rate("rate, every connection attested", *rate);
-  check_errors("enforced rate", rate->errors, rate->first_error);
-  auto delta = settle_counters(*agents, before, rate->connections);
-  if (!delta) return std::unexpected(delta.error());
-  f.rate_check = *delta;
-  for (std::size_t i = 0; i < delta->size(); ++i) {
-    const auto& d = (*delta)[i];
-    std::printf(
-        "    node%zu agent: %llu tracked, %llu allow / %llu deny decisions logged, "
-        "%llu requests sent, %llu responses, %llu served; packets held (pending drops) "
-        "%llu, dropped otherwise %llu\n",
-        i, static_cast<unsigned long long>(d.tracked),
-        static_cast<unsigned long long>(d.allow_lines),
-        static_cast<unsigned long long>(d.deny_lines),
-        static_cast<unsigned long long>(d.requests_sent),
-        static_cast<unsigned long long>(d.responses),
-        static_cast<unsigned long long>(d.requests_served),
-        static_cast<unsigned long long>(d.pending_drops),
-        static_cast<unsigned long long>(d.deny_drops));
-    const auto n = rate->connections;
-    if (d.deny_lines != 0 || d.deny_drops != 0)
-      g_problems.push_back("node" + std::to_string(i) +
-                           "'s agent denied connections or dropped "
-                           "packets during the rate run");
-    // Every connection made has one socket on each node, each decided once.
-    if (d.allow_lines < n || d.allow_lines > n + n / 20 + 10)
-      g_problems.push_back("node" + std::to_string(i) + "'s agent logged " +
-                           std::to_string(d.allow_lines) + " allow decisions for " +
-                           std::to_string(n) + " connections");
-  }
-
-  for (std::uint64_t i = 0; i < b.opt.cold_samples && !stop_requested(); ++i) {
-    for (auto& agent : *agents)
-      if (auto ok = agent->restart({}); !ok) return ok;
-    auto cold = measure_ttfb(b, enforced.client_cgroup, target, 1, 0);
-    if (!cold) return std::unexpected(cold.error());
-    f.cold.add(*cold);
-  }
-  std::printf("  %-34s %s (both agents restarted before each)\n", "cold TTFB p50 / p99 / max",
-              describe(f.cold).c_str());
-  check_errors("cold TTFB", f.cold.errors, f.cold.first_error);
-  server->terminate();
-  if (!b.opt.keep_logs.empty()) keep_logs(*agents, b.opt.keep_logs);
-  return {};
-}
-
-Result<void> phase_baseline_rate_and_stunnel(const Bench& b, const Placement& plain,
-                                             const std::string& target, Figures& f) {
-  std::printf("-- no agents again\n");
-  auto server = start_server(b, plain.server_cgroup);
-  if (!server) return std::unexpected(server.error());
-  auto rate = measure_rate(b, plain.client_cgroup, target);
-  if (!rate) return std::unexpected(rate.error());
-  f.baseline_rate[1] = *rate;
-  print_rate("rate, round 2", *rate);
-  check_errors("baseline rate (round 2)", rate->errors, rate->first_error);
-
-  std::printf("-- through stunnel (%s), no agents\n", f.stunnel_version.c_str());
-  auto pair = StunnelPair::start(b.topology, b.dir,
-                                 {.client_cluster = &b.cluster_a,
-                                  .server_cluster = &b.cluster_b,
-                                  .client_cgroup = plain.client_cgroup,
-                                  .server_cgroup = plain.server_cgroup,
-                                  .client_port = kStunnelClientPort,
-                                  .tls_port = kStunnelTlsPort,
-                                  .server_port = kServerPort});
-  if (!pair) return std::unexpected(pair.error());
-  const std::string via_stunnel = "127.0.0.1:" + std::to_string(kStunnelClientPort);
-  auto srate = measure_rate(b, plain.client_cgroup, via_stunnel);
-  if (!srate) return fail(srate.error().code, srate.error().message + "\n" + pair->logs());
-  f.stunnel_rate = *srate;
-  print_rate("rate through stunnel", *srate);
-  check_errors("stunnel rate", srate->errors, srate->first_error);
-  auto sttfb = measure_ttfb(b, plain.client_cgroup, via_stunnel, b.opt.ttfb_samples, b.opt.warmup);
-  if (!sttfb) return fail(sttfb.error().code, sttfb.error().message + "\n" + pair->logs());
-  f.stunnel = std::move(*sttfb);
-  std::printf("  %-34s %s\n", "TTFB through stunnel", describe(f.stunnel).c_str());
-  check_errors("stunnel TTFB", f.stunnel.errors, f.stunnel.first_error);
-  return {};
-}
-
-// --- the table -------------------------------------------------------------
-
-void row(const std::string& figure, const std::string& value, const std::string& target,
-         std::optional<bool> met) {
-  std::printf("  %-46s %-30s %-12s %s\n", figure.c_str(), value.c_str(), target.c_str(),
-              met ? (*met ? "met" : "MISSED") : "");
-}
-
-std::string delta_ms(double value) { return (value >= 0 ? "+" : "") + ms(value) + " ms"; }
-
-void print_table(const Figures& f, const Options& opt) {
-  std::printf("\n== results%s ==\n", opt.smoke ? " (smoke: tiny samples, figures are rough)" : "");
-  row("figure", "value", "target", std::nullopt);
-  row("TTFB, no agents p50 / p99 / max",
-      ms(f.baseline.p(50)) + " / " + ms(f.baseline.p(99)) + " / " + ms(f.baseline.max()) + " ms",
-      "baseline", std::nullopt);
-  row("TTFB, warm channel p50 / p99 / max",
-      ms(f.warm.p(50)) + " / " + ms(f.warm.p(99)) + " / " + ms(f.warm.max()) + " ms", "",
-      std::nullopt);
-  row("TTFB, cold channel p50 / p99 / max",
-      ms(f.cold.p(50)) + " / " + ms(f.cold.p(99)) + " / " + ms(f.cold.max()) + " ms", "",
-      std::nullopt);
-  const double warm50 = f.warm.p(50) - f.baseline.p(50);
-  const double warm99 = f.warm.p(99) - f.baseline.p(99);
-  const double cold50 = f.cold.p(50) - f.baseline.p(50);
-  row("  warm p50 over the baseline", delta_ms(warm50), "<= +1 ms", warm50 <= kWarmP50TargetMs);
-  row("  warm p99 over the baseline", delta_ms(warm99), "<= +5 ms", warm99 <= kWarmP99TargetMs);
-  row("  cold p50 over the baseline", delta_ms(cold50), "<= +5 ms", cold50 <= kColdP50TargetMs);
-  const auto stalls =
-      static_cast<std::uint64_t>(f.warm.stalls() + f.cold.stalls()) + f.enforced_rate.stalls;
-  const auto enforced_count =
-      f.warm.sorted_ms.size() + f.cold.sorted_ms.size() + f.enforced_rate.connections;
-  row("  connections >= 200 ms (warm, cold, rate)",
-      std::to_string(stalls) + " of " + std::to_string(enforced_count), "none", stalls == 0);
-  const double base = f.baseline_per_second();
-  char value[96];
-  std::snprintf(value, sizeof(value), "%.0f / %.0f = %.3f", f.enforced_rate.per_second(), base,
-                base > 0 ? f.enforced_rate.per_second() / base : 0);
-  row("conn/s, every connection attested / none", value, ">= 0.8",
-      base > 0 && f.enforced_rate.per_second() / base >= kRateRatioTarget);
-  std::snprintf(value, sizeof(value), "  (no agents: %.0f and %.0f)",
-                f.baseline_rate[0].per_second(), f.baseline_rate[1].per_second());
-  row("", value, "", std::nullopt);
-  const double s = f.stunnel_rate.per_second();
-  std::snprintf(value, sizeof(value), "%.0f / %.0f = %.1fx", f.enforced_rate.per_second(), s,
-                s > 0 ? f.enforced_rate.per_second() / s : 0);
-  row("conn/s, trustfence / stunnel pair", value, ">= 30x",
-      s > 0 && f.enforced_rate.per_second() / s >= kStunnelFactorTarget);
-  std::snprintf(value, sizeof(value), "%.0f / %.0f = %.3f", s, base, base > 0 ? s / base : 0);
-  row("  (conn/s, stunnel / none)", value, "", std::nullopt);
-  row("TTFB through stunnel p50 / p99", ms(f.stunnel.p(50)) + " / " + ms(f.stunnel.p(99)) + " ms",
-      "context", std::nullopt);
-  std::printf(
-      "  (TTFB: connect() to the reply byte, sequential, client node 0 -> server node 1 over "
-      "veth; rate: %llu client threads x %.1f s; the baseline rate is the mean of two rounds "
-      "around the enforced one)\n",
-      static_cast<unsigned long long>(opt.threads), opt.seconds);
-}
-
-// "0.52 0.61 0.70": other work on the host moves every figure here.
 std::string load_average() {
   std::ifstream in("/proc/loadavg");
   std::string one, five, fifteen;
@@ -652,48 +897,93 @@ Result<void> run(const Options& opt) {
   if (::geteuid() != 0)
     return fail(Errc::kPermissionDenied,
                 "needs root (network namespaces, cgroups, BPF programs of the agents)");
-  Figures f;
-  auto version = StunnelPair::version();
-  if (!version) return std::unexpected(version.error());
-  f.stunnel_version = *version;
+  auto stunnel_version = StunnelPair::version();
+  if (!stunnel_version) return std::unexpected(stunnel_version.error());
+  auto haproxy_version = HaproxyPair::version();
+  if (!haproxy_version) return std::unexpected(haproxy_version.error());
+  if (auto iperf = e2e::find_program("iperf3"); !iperf)
+    return fail(Errc::kIo, "iperf3 is not installed (scripts/bench.sh installs it)");
   auto self = self_path();
   if (!self) return std::unexpected(self.error());
+
   auto topology = e2e::Topology::create(2);
   if (!topology) return std::unexpected(topology.error());
   auto dir = e2e::TempDir::create();
   if (!dir) return std::unexpected(dir.error());
   const e2e::Cluster cluster_a("team-a.gke.local");
   const e2e::Cluster cluster_b("team-b.eks.local");
-  const Bench b{opt, *self, *topology, *dir, cluster_a, cluster_b};
   auto plain_client = testing::kernel::TestCgroup::create(e2e::kE2ePrefix);
   if (!plain_client) return std::unexpected(plain_client.error());
   auto plain_server = testing::kernel::TestCgroup::create(e2e::kE2ePrefix);
   if (!plain_server) return std::unexpected(plain_server.error());
-  const Placement plain{plain_client->path(), plain_server->path()};
-  const std::string target = topology->ipv4_endpoint(kServerNode, kServerPort);
+  auto agents = start_agents(*topology, *dir, cluster_a, cluster_b);
+  if (!agents) return std::unexpected(agents.error());
+  const std::string tf_server = (*agents)[kServerNode]->cgroup();
+  const std::string tf_client = (*agents)[kClientNode]->cgroup();
 
-  std::printf("== trustfence attestation: time to first byte and connection rate%s ==\n",
-              opt.smoke ? " (smoke)" : "");
+  // Declared after the agents and cgroups: stopped first, so those can go.
+  std::vector<e2e::Child> servers;
+  for (auto [cgroup, port] : {std::pair{plain_server->path(), kPlainServerPort},
+                              std::pair{tf_server, kEnforcedServerPort}}) {
+    auto s = start_server(*topology, cgroup, {*self, "serve", std::to_string(port)}, port);
+    if (!s) return std::unexpected(s.error());
+    servers.push_back(std::move(*s));
+  }
+  for (auto [cgroup, port] : {std::pair{plain_server->path(), kPlainIperfPort},
+                              std::pair{tf_server, kEnforcedIperfPort}}) {
+    auto s = start_server(*topology, cgroup, {"iperf3", "-s", "-p", std::to_string(port)}, port);
+    if (!s) return std::unexpected(s.error());
+    servers.push_back(std::move(*s));
+  }
+  auto plan = [&](const char* name, std::uint16_t client_port, std::uint16_t tls_port,
+                  std::uint16_t server_port) {
+    return ProxyPlan{.name = name,
+                     .client_cluster = &cluster_a,
+                     .server_cluster = &cluster_b,
+                     .client_cgroup = plain_client->path(),
+                     .server_cgroup = plain_server->path(),
+                     .client_port = client_port,
+                     .tls_port = tls_port,
+                     .server_port = server_port};
+  };
+  auto stunnel = StunnelPair::start(
+      *topology, *dir, plan("stunnel", kStunnelClientPort, kStunnelTlsPort, kPlainServerPort));
+  if (!stunnel) return std::unexpected(stunnel.error());
+  auto stunnel_iperf = StunnelPair::start(
+      *topology, *dir,
+      plan("stunnel-iperf", kIperfStunnelClientPort, kIperfStunnelTlsPort, kPlainIperfPort));
+  if (!stunnel_iperf) return std::unexpected(stunnel_iperf.error());
+  auto haproxy = HaproxyPair::start(
+      *topology, *dir, plan("haproxy", kHaproxyClientPort, kHaproxyTlsPort, kPlainServerPort));
+  if (!haproxy) return std::unexpected(haproxy.error());
+
+  const Lab lab{opt, *self, *topology, plain_client->path(), plain_server->path(), *agents};
+  std::printf("== trustfence benchmark, scenarios 1 (in place) to 4%s ==\n",
+              opt.smoke ? " (smoke: tiny samples, rough figures)" : "");
   std::printf(
-      "client in node 0 (%s), server %s in node 1; %llu TTFB samples (+%llu warm-up), "
-      "%llu cold, rate %llu threads x %.1f s\n",
-      topology->ipv4(kClientNode).c_str(), target.c_str(),
-      static_cast<unsigned long long>(opt.ttfb_samples),
-      static_cast<unsigned long long>(opt.warmup),
-      static_cast<unsigned long long>(opt.cold_samples),
-      static_cast<unsigned long long>(opt.threads), opt.seconds);
-  std::printf("%u CPUs, load average %s at the start\n", std::thread::hardware_concurrency(),
-              load_average().c_str());
+      "client in node 0 (%s), server in node 1 (%s); agents running throughout; %s; %s\n"
+      "%u CPUs, load average %s at the start\n",
+      topology->ipv4(kClientNode).c_str(), topology->ipv4(kServerNode).c_str(),
+      stunnel_version->c_str(), haproxy_version->c_str(), std::thread::hardware_concurrency(),
+      load_average().c_str());
   std::fflush(stdout);
 
-  if (auto ok = phase_baseline_ttfb_and_rate(b, plain, target, f); !ok) return ok;
-  std::fflush(stdout);
-  if (auto ok = phase_enforced(b, target, f); !ok) return ok;
-  std::fflush(stdout);
-  if (auto ok = phase_baseline_rate_and_stunnel(b, plain, target, f); !ok) return ok;
-  if (stop_requested()) return fail(Errc::kIo, "interrupted");
-  print_table(f, opt);
-  std::printf("  load average %s at the end\n", load_average().c_str());
+  const std::vector<std::pair<std::string, Result<void> (*)(const Lab&)>> scenarios = {
+      {"rate", scenario_rate},
+      {"ttfb", scenario_ttfb},
+      {"bulk", scenario_bulk},
+      {"inplace", scenario_inplace}};
+  for (const auto& [name, fn] : scenarios) {
+    if (!opt.wants(name)) continue;
+    if (auto ok = fn(lab); !ok) {
+      std::string logs = stunnel->logs() + stunnel_iperf->logs() + haproxy->logs();
+      return fail(ok.error().code, "scenario " + name + ": " + ok.error().message +
+                                       (logs.empty() ? "" : "\nproxy logs:\n" + logs));
+    }
+  }
+  check_agents(*agents);
+  if (!opt.keep_logs.empty()) keep_logs(*agents, opt.keep_logs);
+  std::printf("\nload average %s at the end\n", load_average().c_str());
   if (!g_problems.empty()) {
     std::string all;
     for (const auto& p : g_problems) all += "\n  " + p;
