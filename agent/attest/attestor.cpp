@@ -608,40 +608,64 @@ void Attestor::reconfigure(Options options, tls::TlsContext& client, tls::TlsCon
     if (auto it = accepted_.find(id); it != accepted_.end())
       it->second->close({Kind::kShutdown, "configuration reloaded", {}});
 
-  std::vector<datapath::Cookie> allowed;
-  for (const auto& [cookie, conn] : conns_)
+  // Pointers stay valid: nothing below erases an open decided connection
+  // (only closed pending ones, when a connect fails at once).
+  std::vector<std::pair<datapath::Cookie, Conn*>> allowed;
+  allowed.reserve(conns_.size());
+  for (auto& [cookie, conn] : conns_)
     if (conn.decided && !conn.closed && conn.conn.verdict == TF_VERDICT_ALLOW)
-      allowed.push_back(cookie);
+      allowed.emplace_back(cookie, &conn);
+  decided_.reserve(decided_.size() + allowed.size());
   bool strict = options_.attestation.peer_authentication == config::PeerAuthentication::kStrict;
-  for (auto cookie : allowed) {
-    const Conn& conn = conns_.at(cookie);
+  // Many connections share a peer: its policy is decided once per reload.
+  struct PeerVerdict {
+    bool known = false;  // its name is known here and parses
+    bool allowed = false;
+    tf_reason reason = TF_REASON_NONE;
+    bool weakened = false;
+    std::string revoked;  // why, when no longer allowed
+  };
+  std::unordered_map<std::uint32_t, PeerVerdict> by_peer;
+  for (auto [cookie, conn_ptr] : allowed) {
+    Conn& conn = *conn_ptr;
     auto reason = static_cast<tf_reason>(conn.conn.reason);
     if (reason == TF_REASON_EXEMPT) continue;
     if (reason == TF_REASON_PLAINTEXT_PERMISSIVE) {
       if (strict)
-        redecide(cookie, TF_VERDICT_DENY, TF_REASON_REVOKED,
+        redecide(cookie, conn, TF_VERDICT_DENY, TF_REASON_REVOKED,
                  "peer-authentication is strict now and the peer has no agent");
       else
-        redecide(cookie, TF_VERDICT_ALLOW, reason, "still permissive");
+        redecide(cookie, conn, TF_VERDICT_ALLOW, reason, "still permissive");
       continue;
     }
-    auto name = interner_.name(conn.conn.peer_id);
-    auto peer = name ? identity::SpiffeId::parse(*name)
-                     : Result<identity::SpiffeId>(std::unexpected(Error{Errc::kNotFound, ""}));
-    if (!peer) {
+    auto [entry, fresh] = by_peer.try_emplace(conn.conn.peer_id);
+    PeerVerdict& verdict = entry->second;
+    if (fresh) {
+      auto name = interner_.name(conn.conn.peer_id);
+      auto peer = name ? identity::SpiffeId::parse(*name)
+                       : Result<identity::SpiffeId>(std::unexpected(Error{Errc::kNotFound, ""}));
+      if (peer) {
+        auto decision = policy_.decide(*peer);
+        verdict.known = true;
+        verdict.allowed = decision.verdict == TF_VERDICT_ALLOW;
+        verdict.reason = decision.reason;
+        verdict.weakened = weakened_domains.contains(peer->trust_domain());
+        if (!verdict.allowed)
+          verdict.revoked = peer->str() + " is no longer allowed (" +
+                            std::string(trustfence::to_string(decision.reason)) + ")";
+      }
+    }
+    if (!verdict.known) {
       // Decided before this agent started: the name is not known here.
       spdlog::warn("cookie {}: peer identity unknown to this agent; verdict kept", cookie);
       continue;
     }
-    auto decision = policy_.decide(*peer);
-    if (decision.verdict != TF_VERDICT_ALLOW) {
-      redecide(cookie, TF_VERDICT_DENY, TF_REASON_REVOKED,
-               peer->str() + " is no longer allowed (" +
-                   std::string(trustfence::to_string(decision.reason)) + ")");
+    if (!verdict.allowed) {
+      redecide(cookie, conn, TF_VERDICT_DENY, TF_REASON_REVOKED, verdict.revoked);
       continue;
     }
-    redecide(cookie, TF_VERDICT_ALLOW, decision.reason, "still allowed");
-    if (weakened_domains.contains(peer->trust_domain())) {
+    redecide(cookie, conn, TF_VERDICT_ALLOW, verdict.reason, "still allowed");
+    if (verdict.weakened) {
       auto agent = route(net::IpAddress::from_bytes(conn.local.remote_addr));
       PeerSlot& slot = slot_for(agent);
       slot.revalidating.push_back(cookie);
@@ -654,7 +678,11 @@ void Attestor::redecide(datapath::Cookie cookie, tf_verdict verdict, tf_reason r
                         std::string detail) {
   auto it = conns_.find(cookie);
   if (it == conns_.end() || it->second.closed) return;
-  Conn& conn = it->second;
+  redecide(cookie, it->second, verdict, reason, std::move(detail));
+}
+
+void Attestor::redecide(datapath::Cookie cookie, Conn& conn, tf_verdict verdict, tf_reason reason,
+                        std::string detail) {
   if (conn.conn.verdict == TF_VERDICT_DENY) return;  // revoked already
   datapath::VerdictUpdate update{
       .verdict = verdict,
@@ -664,6 +692,19 @@ void Attestor::redecide(datapath::Cookie cookie, tf_verdict verdict, tf_reason r
       .generation = options_.generation,
       .decided_ns = datapath::monotonic_ns(),
   };
+  // Standing as it was: the new generation only, without what a change
+  // carries for the operator (peer name, detail, history).
+  if (conn.conn.verdict == static_cast<std::uint8_t>(verdict) &&
+      conn.conn.reason == static_cast<std::uint8_t>(reason)) {
+    decided_.push_back(Decided{.cookie = cookie,
+                               .closed = false,
+                               .conn = conn.conn,
+                               .update = update,
+                               .peer = {},
+                               .detail = {},
+                               .refresh = true});
+    return;
+  }
   if (verdict == TF_VERDICT_DENY) ++counters_.revoked;
   decided_.push_back(Decided{cookie, false, conn.conn, update,
                              interner_.name(conn.conn.peer_id).value_or(""), std::move(detail)});

@@ -7,12 +7,14 @@
 #include <sys/socket.h>
 
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
 #include <set>
 #include <tuple>
+#include <vector>
 
 #include "trustfence/api/conn_json.hpp"
 #include "trustfence/api/metrics_server.hpp"
@@ -88,6 +90,15 @@ std::optional<net::SocketAddress> peer_address(const sockaddr_storage& addr) {
   return std::nullopt;
 }
 
+// What the agent did in workloads' own network namespaces, by name.
+std::vector<std::pair<std::string, std::uint64_t>> netns_counters(
+    const datapath::NetnsCounters& c) {
+  return {{"lookups", c.lookups},       {"unresolved", c.unresolved},
+          {"entered", c.entered},       {"enter_failed", c.enter_failed},
+          {"evicted", c.evicted},       {"walks", c.foreign_walks},
+          {"pushed", c.foreign_pushed}, {"destroyed", c.foreign_destroyed}};
+}
+
 // An agent inside the cgroup it enforces would hold its own channel's
 // traffic: exempt the channel ports then, and only then (an exempt port is
 // open to every workload of the cgroup).
@@ -95,6 +106,19 @@ void exempt_own_channel(config::Config& config) {
   if (!config.identity) return;
   auto own = datapath::own_cgroup();
   auto enforced = datapath::resolve_cgroup(config.datapath.cgroup);
+  auto mount = datapath::cgroup2_mount();
+  // In a cgroup namespace (a container) /proc/self/cgroup reads "0::/":
+  // the agent's own cgroup cannot be told from the hierarchy's root.
+  auto same = [](const std::string& a, const std::string& b) {
+    return (std::filesystem::path(a) / "").lexically_normal() ==
+           (std::filesystem::path(b) / "").lexically_normal();
+  };
+  if (own && enforced && mount && same(*own, *mount) && !same(*enforced, *mount))
+    spdlog::warn(
+        "cannot tell the agent's own cgroup (/proc/self/cgroup reads 0::/, a cgroup namespace?): "
+        "if the agent runs inside the enforced cgroup {}, exempt its channel port explicitly "
+        "(exempt = [::]/0:{})",
+        *enforced, config.attestation.listen.port());
   if (!own || !enforced || !datapath::cgroup_contains(*enforced, *own)) return;
   std::set<std::uint16_t> ports = {config.attestation.listen.port()};
   for (const auto& route : config.attestation.peers) ports.insert(route.agent.port());
@@ -190,6 +214,7 @@ class NodeAgent {
   // SIGHUP, or a watched file changed: load the configuration again and
   // apply it, or keep the running one and say why.
   void reload(const char* trigger) {
+    const auto started = SteadyClock::now();
     ++reloads_;
     auto outcome = try_reload();
     if (!outcome) {
@@ -200,7 +225,18 @@ class NodeAgent {
       return;
     }
     last_reload_error_.clear();
-    spdlog::info("reload ({}): generation {} in effect", trigger, generation_);
+    // The open connections were decided again under the new generation;
+    // written now rather than at the round's end, so the duration covers
+    // them reaching the kernel (and the revoked ones being cut). Peers
+    // re-verified because their bundle lost an authority answer later.
+    const std::size_t applied = write_decisions();
+    const auto took = SteadyClock::now() - started;
+    reload_duration_.observe(took);
+    last_reload_connections_ = applied;
+    last_reload_duration_ = took;
+    spdlog::info("reload ({}): generation {} in effect, applied to {} connections in {:.3f} ms",
+                 trigger, generation_, applied,
+                 std::chrono::duration<double, std::milli>(took).count());
   }
 
  private:
@@ -385,15 +421,19 @@ class NodeAgent {
         out.counter("trustfence_datapath_events_total", "Connection-level datapath counters",
                     {{"event", to_string(static_cast<tf_counter>(c))}}, stats->counters[c]);
     }
-    for (const auto& [key, count] : decisions_) {
-      const auto& [verdict, reason, td] = key;
+    for_each_decision_count([&](const std::string& verdict, const std::string& reason,
+                                const std::string& td, std::uint64_t count) {
       out.counter("trustfence_decisions_total",
                   "Verdicts made by verdict, reason and peer trust domain (in audit mode the "
                   "denials are would-be denials)",
                   {{"verdict", verdict}, {"reason", reason}, {"peer_trust_domain", td}}, count);
-    }
+    });
     out.histogram("trustfence_attestation_latency_seconds",
                   "From a connection's establishment to its verdict", {}, attestation_latency_);
+    for (const auto& [event, n] : netns_counters(dp_->netns().counters()))
+      out.counter("trustfence_netns_total",
+                  "Socket destroys and held-payload pushes in workloads' own network namespaces",
+                  {{"event", event}}, n);
     if (attestor_) {
       auto a = attestor_->stats();
       std::map<std::pair<std::string, std::string>, std::uint64_t> channels;
@@ -417,6 +457,11 @@ class NodeAgent {
     out.counter("trustfence_config_reloads_total", "Reloads attempted", {}, reloads_);
     out.counter("trustfence_config_reload_failures_total", "Reloads refused (invalid)", {},
                 reload_failures_);
+    out.histogram("trustfence_config_reload_duration_seconds",
+                  "From a reload's start to every open connection's new verdict written", {},
+                  reload_duration_);
+    out.gauge("trustfence_config_last_reload_connections",
+              "Connections the last applied reload decided again", {}, last_reload_connections_);
     out.gauge("trustfence_config_last_reload_ok", "1 unless the last reload was refused", {},
               last_reload_error_.empty() ? 1 : 0);
     auto unix_seconds = [](std::chrono::system_clock::time_point t) {
@@ -446,7 +491,8 @@ class NodeAgent {
     std::size_t cut = 0;
     for (const auto& [cookie, conn] : *entries) {
       if (conn.verdict != TF_VERDICT_DENY) continue;
-      if (auto destroyed = datapath::destroy_socket(conn.tuple, cookie); destroyed && *destroyed)
+      if (auto destroyed = datapath::destroy_socket(dp_->netns(), cookie, conn);
+          destroyed && *destroyed)
         ++cut;
     }
     if (cut) spdlog::warn("enforce mode: cut {} connections denied while auditing", cut);
@@ -502,11 +548,12 @@ class NodeAgent {
       if (ev.conn.verdict == TF_VERDICT_PENDING) {
         if (auto present = dp_->conns().lookup(ev.cookie); present && !*present) return;
       }
-      spdlog::debug("new {} {} -> {} cookie={} cgroup={} verdict={}",
-                    to_string(static_cast<tf_direction>(ev.conn.direction)),
-                    datapath::local_endpoint(ev.conn.tuple),
-                    datapath::remote_endpoint(ev.conn.tuple), ev.cookie, ev.conn.cgroup_id,
-                    to_string(static_cast<tf_verdict>(ev.conn.verdict)));
+      if (spdlog::should_log(spdlog::level::debug))
+        spdlog::debug("new {} {} -> {} cookie={} cgroup={} verdict={}",
+                      to_string(static_cast<tf_direction>(ev.conn.direction)),
+                      datapath::local_endpoint(ev.conn.tuple),
+                      datapath::remote_endpoint(ev.conn.tuple), ev.cookie, ev.conn.cgroup_id,
+                      to_string(static_cast<tf_verdict>(ev.conn.verdict)));
       if (attestor_) attestor_->on_new(ev.cookie, ev.conn);
       return;
     }
@@ -526,10 +573,11 @@ class NodeAgent {
 
   // Verdicts to the kernel, denied sockets destroyed, one log line each.
   // Safe from inside channel callbacks (it closes no channel).
-  void write_decisions() {
-    if (!attestor_) return;
+  // Returns how many verdicts it wrote (or recorded for closed sockets).
+  std::size_t write_decisions() {
+    if (!attestor_) return 0;
     auto decisions = attestor_->take_decisions();
-    if (decisions.empty()) return;
+    if (decisions.empty()) return 0;
     std::vector<std::pair<datapath::Cookie, datapath::VerdictUpdate>> batch;
     batch.reserve(decisions.size());
     for (const auto& d : decisions) {
@@ -542,29 +590,43 @@ class NodeAgent {
       if (auto applied = dp_->apply_verdicts(batch); !applied)
         spdlog::error("writing {} verdicts: {}", batch.size(), applied.error().message);
     }
-    for (const auto& d : decisions) {
-      remember_decision(d);
+    // A reload's verdicts that stand carry nothing for the operator: only
+    // changes are logged, counted and kept for `trustfence watch`.
+    const bool debug = spdlog::should_log(spdlog::level::debug);
+    for (auto& d : decisions) {
+      if (d.refresh) continue;
       if (d.conn.verdict == TF_VERDICT_PENDING && d.update.decided_ns > d.conn.created_ns)
         attestation_latency_.observe(
             std::chrono::nanoseconds(d.update.decided_ns - d.conn.created_ns));
-      auto line = fmt::format(
-          "{} {} {} -> {} cookie={} peer={} reason={}: {}", to_string(d.update.verdict),
-          to_string(static_cast<tf_direction>(d.conn.direction)),
-          datapath::local_endpoint(d.conn.tuple), datapath::remote_endpoint(d.conn.tuple), d.cookie,
-          d.peer.empty() ? "-" : d.peer, to_string(d.update.reason), d.detail);
-      if (d.update.verdict != TF_VERDICT_DENY) {
-        spdlog::debug("{}", line);
-        continue;
-      }
-      bool audit = config_.datapath.mode != TF_MODE_ENFORCE;
-      if (denial_log_allowed())
-        spdlog::warn("{}{}{}", audit ? "audit: would " : "", line,
-                     d.closed ? " (already closed by the peer)" : "");
-      if (config_.datapath.mode != TF_MODE_ENFORCE || d.closed) continue;
-      // The application learns of the denial now, not at its next timeout.
-      if (auto destroyed = datapath::destroy_socket(d.conn.tuple, d.cookie); !destroyed)
-        spdlog::error("destroying denied socket {}: {}", d.cookie, destroyed.error().message);
+      report_decision(d, debug);
+      remember_decision(std::move(d));
     }
+    return decisions.size();
+  }
+
+  std::string verdict_line(const attest::Decided& d) const {
+    return fmt::format(
+        "{} {} {} -> {} cookie={} peer={} reason={}: {}", to_string(d.update.verdict),
+        to_string(static_cast<tf_direction>(d.conn.direction)),
+        datapath::local_endpoint(d.conn.tuple), datapath::remote_endpoint(d.conn.tuple), d.cookie,
+        d.peer.empty() ? "-" : d.peer, to_string(d.update.reason), d.detail);
+  }
+
+  // A line per verdict at debug (formatted only then), per denial at
+  // warning (rate-limited); a denied socket is destroyed when enforcing.
+  void report_decision(const attest::Decided& d, bool debug) {
+    if (d.update.verdict != TF_VERDICT_DENY) {
+      if (debug) spdlog::debug("{}", verdict_line(d));
+      return;
+    }
+    bool audit = config_.datapath.mode != TF_MODE_ENFORCE;
+    if (denial_log_allowed())
+      spdlog::warn("{}{}{}", audit ? "audit: would " : "", verdict_line(d),
+                   d.closed ? " (already closed by the peer)" : "");
+    if (audit || d.closed) return;
+    // The application learns of the denial now, not at its next timeout.
+    if (auto destroyed = datapath::destroy_socket(dp_->netns(), d.cookie, d.conn); !destroyed)
+      spdlog::error("destroying denied socket {}: {}", d.cookie, destroyed.error().message);
   }
 
   // A verdict reached after the socket closed completes its history entry.
@@ -643,19 +705,25 @@ class NodeAgent {
       if (attestor_) out.update(attestor_->stats());
       out["api"] = api::to_json(api_->stats());
       out["interned_names"] = interner_.size();
+      out["netns"] = nlohmann::json::object();
+      for (const auto& [event, n] : netns_counters(dp_->netns().counters()))
+        out["netns"][event] = n;
       nlohmann::json decisions = nlohmann::json::array();
-      for (const auto& [key, count] : decisions_) {
-        const auto& [verdict, reason, td] = key;
+      for_each_decision_count([&](const std::string& verdict, const std::string& reason,
+                                  const std::string& td, std::uint64_t count) {
         decisions.push_back(
             {{"verdict", verdict},
              {"reason", reason},
              {"peer_trust_domain", td.empty() ? nlohmann::json(nullptr) : nlohmann::json(td)},
              {"count", count}});
-      }
+      });
       out["decisions"] = decisions;
       out["config"] = {{"generation", generation_},
                        {"reloads", reloads_},
                        {"reload_failures", reload_failures_},
+                       {"last_reload_ms",
+                        std::chrono::duration<double, std::milli>(last_reload_duration_).count()},
+                       {"last_reload_connections", last_reload_connections_},
                        {"last_reload_error", last_reload_error_},
                        {"mode", config_.datapath.mode == TF_MODE_AUDIT ? "audit" : "enforce"}};
       if (identity_) {
@@ -716,32 +784,67 @@ class NodeAgent {
       after = request["after"].get<std::uint64_t>();
     }
     nlohmann::json events = nlohmann::json::array();
-    std::uint64_t oldest = watch_.empty() ? next_seq_ : watch_.front()["seq"].get<std::uint64_t>();
+    std::uint64_t oldest = watch_.empty() ? next_seq_ : watch_.front().seq;
     for (const auto& event : watch_)
-      if (event["seq"].get<std::uint64_t>() > after) events.push_back(event);
+      if (event.seq > after) events.push_back(watch_json(event));
     return {{"events", events},
             {"next", next_seq_ - 1},
             {"missed", after + 1 < oldest && after != 0 ? oldest - after - 1 : 0}};
   }
 
-  void remember_decision(const attest::Decided& d) {
-    auto td = interner_.name(d.update.peer_trust_domain);
-    watch_.push_back(
-        {{"seq", next_seq_++},
-         {"time_ns", d.update.decided_ns},
-         {"cookie", d.cookie},
-         {"direction", std::string(to_string(static_cast<tf_direction>(d.conn.direction)))},
-         {"local", datapath::local_endpoint(d.conn.tuple)},
-         {"remote", datapath::remote_endpoint(d.conn.tuple)},
-         {"verdict", std::string(to_string(d.update.verdict))},
-         {"reason", std::string(to_string(d.update.reason))},
-         {"peer_id", d.peer.empty() ? nlohmann::json(nullptr) : nlohmann::json(d.peer)},
-         {"peer_trust_domain", td ? nlohmann::json(*td) : nlohmann::json(nullptr)},
-         {"detail", d.detail},
-         {"closed", d.closed}});
+  struct WatchEvent {
+    std::uint64_t seq;
+    std::uint64_t time_ns;
+    datapath::Cookie cookie;
+    tf_conn conn;  // direction and endpoints
+    tf_verdict verdict;
+    tf_reason reason;
+    std::uint32_t peer_trust_domain;
+    std::string peer;
+    std::string detail;
+    bool closed;
+  };
+
+  nlohmann::json watch_json(const WatchEvent& e) const {
+    auto td = interner_.name(e.peer_trust_domain);
+    return {{"seq", e.seq},
+            {"time_ns", e.time_ns},
+            {"cookie", e.cookie},
+            {"direction", std::string(to_string(static_cast<tf_direction>(e.conn.direction)))},
+            {"local", datapath::local_endpoint(e.conn.tuple)},
+            {"remote", datapath::remote_endpoint(e.conn.tuple)},
+            {"verdict", std::string(to_string(e.verdict))},
+            {"reason", std::string(to_string(e.reason))},
+            {"peer_id", e.peer.empty() ? nlohmann::json(nullptr) : nlohmann::json(e.peer)},
+            {"peer_trust_domain", td ? nlohmann::json(*td) : nlohmann::json(nullptr)},
+            {"detail", e.detail},
+            {"closed", e.closed}};
+  }
+
+  // Kept as made; turned into JSON only when `watch` asks.
+  void remember_decision(attest::Decided&& d) {
+    watch_.push_back(WatchEvent{.seq = next_seq_++,
+                                .time_ns = d.update.decided_ns,
+                                .cookie = d.cookie,
+                                .conn = d.conn,
+                                .verdict = d.update.verdict,
+                                .reason = d.update.reason,
+                                .peer_trust_domain = d.update.peer_trust_domain,
+                                .peer = std::move(d.peer),
+                                .detail = std::move(d.detail),
+                                .closed = d.closed});
     if (watch_.size() > kWatchHistory) watch_.pop_front();
-    ++decisions_[{std::string(to_string(d.update.verdict)), std::string(to_string(d.update.reason)),
-                  td.value_or("")}];
+    ++decisions_[{d.update.verdict, d.update.reason, d.update.peer_trust_domain}];
+  }
+
+  // Decisions by verdict, reason and peer trust domain, by name.
+  template <typename F>
+  void for_each_decision_count(F&& f) const {
+    for (const auto& [key, count] : decisions_) {
+      const auto& [verdict, reason, td] = key;
+      f(std::string(to_string(verdict)), std::string(to_string(reason)),
+        interner_.name(td).value_or(""), count);
+    }
   }
 
   struct Closed {
@@ -772,15 +875,19 @@ class NodeAgent {
   std::unique_ptr<api::Server> api_;
   std::unique_ptr<api::MetricsServer> metrics_;
   api::LatencyHistogram attestation_latency_;
+  api::LatencyHistogram reload_duration_;  // applied reloads
+  std::size_t last_reload_connections_ = 0;
+  SteadyClock::duration last_reload_duration_{};
   SteadyClock::time_point denial_window_{};
   std::uint64_t denial_lines_ = 0;
   std::uint64_t denials_suppressed_ = 0;
   std::deque<Closed> closed_;
-  std::deque<nlohmann::json> watch_;  // recent decisions, for `trustfence watch`
+  std::deque<WatchEvent> watch_;  // recent decisions, for `trustfence watch`
   std::uint64_t next_seq_ = 1;
   // Decisions since start by verdict, reason and peer trust domain (in
   // audit mode the denials are the would-denies).
-  std::map<std::tuple<std::string, std::string, std::string>, std::uint64_t> decisions_;
+  // Interned trust domain ids are named when asked.
+  std::map<std::tuple<tf_verdict, tf_reason, std::uint32_t>, std::uint64_t> decisions_;
   std::uint64_t malformed_seen_ = 0;
   std::uint64_t events_lost_seen_ = 0;
 };

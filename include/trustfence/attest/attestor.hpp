@@ -60,6 +60,10 @@ struct Decided {
   datapath::VerdictUpdate update;
   std::string peer;    // SPIFFE ID, or empty
   std::string detail;  // why, for the operator
+  // A reload found verdict and reason standing: only the generation is new.
+  // For the kernel alone (no history, counter or log line; peer and detail
+  // are left empty).
+  bool refresh = false;
 };
 
 struct AttestorLimits {
@@ -185,6 +189,8 @@ class Attestor {
                         std::string detail);
   // Re-decides an already allowed connection (reload).
   void redecide(datapath::Cookie cookie, tf_verdict verdict, tf_reason reason, std::string detail);
+  void redecide(datapath::Cookie cookie, Conn& conn, tf_verdict verdict, tf_reason reason,
+                std::string detail);
   Conn* pending(datapath::Cookie cookie);
   void forget(datapath::Cookie cookie);
   Channel* channel_by_id(std::uint64_t id);

@@ -92,7 +92,7 @@ Result<void> AgentNode::write_config(const std::vector<std::string>& extra) {
   text += "trust-domain = " + cluster.trust_domain() + "\n";
   text += "svid-cert = " + dir_ + "/svid.pem\n";
   text += "svid-key = " + dir_ + "/svid.key\n";
-  text += "log-level = debug\n";
+  text += "log-level = " + spec_.log_level + "\n";
   std::vector<std::pair<std::string, const Cluster*>> bundles = {
       {cluster.trust_domain(), &own_bundle}};
   for (const Cluster* other : spec_.bundles)

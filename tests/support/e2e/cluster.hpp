@@ -56,6 +56,9 @@ struct AgentSpec {
   const Cluster* own_bundle = nullptr;
   // Sub-cgroups of its enforced cgroup and the IDs vouched for them.
   std::vector<std::pair<std::string, std::string>> workloads{};
+  // debug: one line per verdict, which tests read back (restart, scenario);
+  // benchmarks run as deployed, at info.
+  std::string log_level = "debug";
 };
 
 class AgentNode {
