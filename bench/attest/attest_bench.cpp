@@ -897,10 +897,10 @@ Result<void> run(const Options& opt) {
   if (::geteuid() != 0)
     return fail(Errc::kPermissionDenied,
                 "needs root (network namespaces, cgroups, BPF programs of the agents)");
-  auto stunnel_version = StunnelPair::version();
-  if (!stunnel_version) return std::unexpected(stunnel_version.error());
-  auto haproxy_version = HaproxyPair::version();
-  if (!haproxy_version) return std::unexpected(haproxy_version.error());
+  auto stunnel_line = stunnel_version();
+  if (!stunnel_line) return std::unexpected(stunnel_line.error());
+  auto haproxy_line = haproxy_version();
+  if (!haproxy_line) return std::unexpected(haproxy_line.error());
   if (auto iperf = e2e::find_program("iperf3"); !iperf)
     return fail(Errc::kIo, "iperf3 is not installed (scripts/bench.sh installs it)");
   auto self = self_path();
@@ -946,14 +946,14 @@ Result<void> run(const Options& opt) {
                      .tls_port = tls_port,
                      .server_port = server_port};
   };
-  auto stunnel = StunnelPair::start(
+  auto stunnel = start_stunnel_pair(
       *topology, *dir, plan("stunnel", kStunnelClientPort, kStunnelTlsPort, kPlainServerPort));
   if (!stunnel) return std::unexpected(stunnel.error());
-  auto stunnel_iperf = StunnelPair::start(
+  auto stunnel_iperf = start_stunnel_pair(
       *topology, *dir,
       plan("stunnel-iperf", kIperfStunnelClientPort, kIperfStunnelTlsPort, kPlainIperfPort));
   if (!stunnel_iperf) return std::unexpected(stunnel_iperf.error());
-  auto haproxy = HaproxyPair::start(
+  auto haproxy = start_haproxy_pair(
       *topology, *dir, plan("haproxy", kHaproxyClientPort, kHaproxyTlsPort, kPlainServerPort));
   if (!haproxy) return std::unexpected(haproxy.error());
 
@@ -964,7 +964,7 @@ Result<void> run(const Options& opt) {
       "client in node 0 (%s), server in node 1 (%s); agents running throughout; %s; %s\n"
       "%u CPUs, load average %s at the start\n",
       topology->ipv4(kClientNode).c_str(), topology->ipv4(kServerNode).c_str(),
-      stunnel_version->c_str(), haproxy_version->c_str(), std::thread::hardware_concurrency(),
+      stunnel_line->c_str(), haproxy_line->c_str(), std::thread::hardware_concurrency(),
       load_average().c_str());
   std::fflush(stdout);
 

@@ -14,34 +14,18 @@
 
 #include <string>
 
-#include "stunnel.hpp"
-#include "support/e2e/child.hpp"
-#include "support/e2e/temp_dir.hpp"
-#include "support/e2e/topology.hpp"
+#include "proxy_pair.hpp"
 
 namespace trustfence::bench::attest {
 
 inline constexpr const char* kHaproxyBinary = "/usr/sbin/haproxy";
 
-// The two proxies; stopped (server side last) when destroyed.
-class HaproxyPair {
- public:
-  // Writes certificates, keys, CA files and configs under dir, starts both
-  // in the foreground and waits until each listens.
-  static Result<HaproxyPair> start(const testing::e2e::Topology& topology,
-                                   const testing::e2e::TempDir& dir, const ProxyPlan& plan);
+// Writes certificates, keys, CA files and configs under dir, starts both
+// in the foreground and waits until each listens.
+Result<ProxyPair> start_haproxy_pair(const testing::e2e::Topology& topology,
+                                     const testing::e2e::TempDir& dir, const ProxyPlan& plan);
 
-  // "HAProxy version 2.6.12-1 ...": the first line of haproxy -v.
-  static Result<std::string> version();
-
-  std::string logs() const;
-
- private:
-  HaproxyPair(testing::e2e::Child server_side, testing::e2e::Child client_side)
-      : server_side_(std::move(server_side)), client_side_(std::move(client_side)) {}
-
-  testing::e2e::Child server_side_;
-  testing::e2e::Child client_side_;
-};
+// "HAProxy version 2.6.12-1": the start of haproxy -v's first line.
+Result<std::string> haproxy_version();
 
 }  // namespace trustfence::bench::attest
