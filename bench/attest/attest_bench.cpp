@@ -227,15 +227,9 @@ std::vector<T> order(std::vector<T> items, std::uint64_t rep) {
 
 // --- problems --------------------------------------------------------------
 
-// Something did not run cleanly: reported at the end, exit code 1.
-std::vector<std::string> g_problems;
-
 void check_errors(const std::string& what, std::uint64_t errors, const std::string& first) {
   if (errors == 0) return;
-  g_problems.push_back(what + ": " + std::to_string(errors) +
-                       " connection(s) failed, first: " + first);
-  std::printf("  WARNING %s: %llu connection(s) failed (first: %s)\n", what.c_str(),
-              static_cast<unsigned long long>(errors), first.c_str());
+  problem(what + ": " + std::to_string(errors) + " connection(s) failed, first: " + first);
 }
 
 // --- the workload client ---------------------------------------------------
@@ -852,7 +846,7 @@ void check_agents(const Agents& agents) {
   for (const auto& agent : agents) {
     auto stats = agent->stats();
     if (!stats) {
-      g_problems.push_back(agent->name() + ": stats: " + stats.error().message);
+      problem(agent->name() + ": stats: " + stats.error().message);
       continue;
     }
     std::uint64_t dropped = 0;
@@ -861,8 +855,8 @@ void check_agents(const Agents& agents) {
         for (const auto& [reason, n] : actions["drop"].items())
           if (reason != "pending" && n.is_number_unsigned()) dropped += n.get<std::uint64_t>();
     if (dropped != 0)
-      g_problems.push_back(agent->name() + "'s datapath dropped " + std::to_string(dropped) +
-                           " packets for a reason other than a pending verdict");
+      problem(agent->name() + "'s datapath dropped " + std::to_string(dropped) +
+              " packets for a reason other than a pending verdict");
   }
 }
 
@@ -984,12 +978,7 @@ Result<void> run(const Options& opt) {
   check_agents(*agents);
   if (!opt.keep_logs.empty()) keep_logs(*agents, opt.keep_logs);
   std::printf("\nload average %s at the end\n", load_average().c_str());
-  if (!g_problems.empty()) {
-    std::string all;
-    for (const auto& p : g_problems) all += "\n  " + p;
-    return fail(Errc::kIo, "the run was not clean:" + all);
-  }
-  return {};
+  return problems_verdict();
 }
 
 }  // namespace

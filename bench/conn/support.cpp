@@ -315,4 +315,21 @@ int report_failure(const Error& error) {
   return 1;
 }
 
+namespace {
+std::vector<std::string> g_problems;
+}  // namespace
+
+void problem(const std::string& what) {
+  g_problems.push_back(what);
+  std::printf("  PROBLEM: %s\n", what.c_str());
+  std::fflush(stdout);
+}
+
+Result<void> problems_verdict() {
+  if (g_problems.empty()) return {};
+  std::string all;
+  for (const auto& p : g_problems) all += "\n  " + p;
+  return fail(Errc::kIo, "the run was not clean:" + all);
+}
+
 }  // namespace trustfence::bench

@@ -162,6 +162,12 @@ class Args {
 // "error: <message>" on stderr and exit code 1.
 int report_failure(const Error& error);
 
+// Something that did not run cleanly: printed at once ("  PROBLEM: ..."),
+// and the run fails at the end (problems_verdict).
+void problem(const std::string& what);
+// Ok, or one error listing every problem() of the run.
+Result<void> problems_verdict();
+
 // A benchmark's main: stop handlers installed, then parse(argc, argv)
 // (Result<Options>) and run(options) (Result<void>); the first error is
 // reported as report_failure does.

@@ -409,15 +409,6 @@ struct Revoke {
   std::uint64_t decided = 0, revoked = 0, expected = 0;
 };
 
-// Something did not run cleanly: reported at the end, exit code 1.
-std::vector<std::string> g_problems;
-
-void problem(const std::string& what) {
-  g_problems.push_back(what);
-  std::printf("  PROBLEM: %s\n", what.c_str());
-  std::fflush(stdout);
-}
-
 class Bench {
  public:
   Bench(const Options& opt, const e2e::Topology& topology, Agent& agent, std::vector<Worker>& peers,
@@ -1253,12 +1244,7 @@ Result<void> run(const Options& opt) {
 
   report(opt, results, machine());
   for (auto& p : peers) (void)p.send("quit");
-  if (!g_problems.empty()) {
-    std::string all;
-    for (const auto& p : g_problems) all += "\n  " + p;
-    return fail(Errc::kIo, "the run was not clean:" + all);
-  }
-  return {};
+  return problems_verdict();
 }
 
 }  // namespace
