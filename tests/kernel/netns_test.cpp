@@ -125,20 +125,6 @@ class PodNetns {
   UniqueFd netns_;
 };
 
-// The errno the next recv fails with (0 for EOF) within timeout.
-Result<int> recv_failure_within(int fd, milliseconds timeout) {
-  auto deadline = Clock::now() + timeout;
-  for (;;) {
-    char byte = 0;
-    ssize_t r = ::recv(fd, &byte, 1, MSG_DONTWAIT);
-    if (r == 0) return 0;
-    if (r > 0) return fail(Errc::kIo, "recv: data where a failure was expected");
-    if (errno != EAGAIN && errno != EINTR) return errno;
-    if (Clock::now() >= deadline) return fail(Errc::kIo, "recv: still open after the timeout");
-    std::this_thread::sleep_for(2ms);
-  }
-}
-
 class NetnsTest : public TestDatapath, public ::testing::WithParamInterface<int> {
  protected:
   void TearDown() override {

@@ -43,21 +43,6 @@ tf_tuple tuple_of(const Endpoint& local, const Endpoint& remote) {
   return tuple;
 }
 
-// The errno the next recv fails with, 0 for EOF, waiting up to timeout;
-// an error if data arrives or nothing happens.
-Result<int> recv_failure_within(int fd, milliseconds timeout) {
-  auto deadline = Clock::now() + timeout;
-  for (;;) {
-    char byte = 0;
-    ssize_t r = ::recv(fd, &byte, 1, MSG_DONTWAIT);
-    if (r == 0) return 0;
-    if (r > 0) return fail(Errc::kIo, "recv: data where a failure was expected");
-    if (errno != EAGAIN && errno != EINTR) return errno;
-    if (Clock::now() >= deadline) return fail(Errc::kIo, "recv: still open after the timeout");
-    std::this_thread::sleep_for(5ms);
-  }
-}
-
 // Waits until thread `tid` of this process sits in recvfrom, so a destroy
 // really hits a blocked call rather than racing it.
 Result<void> wait_until_blocked_in_recv(pid_t tid, milliseconds timeout) {

@@ -260,6 +260,20 @@ Result<bool> reset_arrives_within(int fd, milliseconds timeout) {
   }
 }
 
+Result<int> recv_failure_within(int fd, milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  for (;;) {
+    std::byte b{};
+    ssize_t r = ::recv(fd, &b, 1, MSG_DONTWAIT);
+    if (r == 0) return 0;
+    if (r > 0) return fail(Errc::kIo, "recv: data where a failure was expected");
+    if (errno != EAGAIN && errno != EINTR) return errno;
+    auto revents = wait_for(fd, POLLIN, deadline);
+    if (!revents) return std::unexpected(revents.error());
+    if (*revents == 0) return fail(Errc::kIo, "recv: still open after the timeout");
+  }
+}
+
 Result<void> set_linger_zero(int fd) {
   linger lg{1, 0};
   if (::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) != 0)

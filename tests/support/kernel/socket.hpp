@@ -66,6 +66,9 @@ Result<std::size_t> recv_until_eof(int fd,
 Result<bool> data_arrives_within(int fd, milliseconds timeout);
 // Waits for the peer's reset: true when recv fails with ECONNRESET.
 Result<bool> reset_arrives_within(int fd, milliseconds timeout);
+// The errno the next recv fails with, 0 for EOF, waiting up to timeout;
+// an error if data arrives or nothing happens.
+Result<int> recv_failure_within(int fd, milliseconds timeout);
 
 // close() then sends RST instead of FIN, and leaves no TIME_WAIT.
 Result<void> set_linger_zero(int fd);
