@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "support/e2e/cluster.hpp"
+#include "support/e2e/slowdown.hpp"
 #include "support/kernel/assert_ok.hpp"
 #include "support/kernel/checksum.hpp"
 #include "support/privileges.hpp"
@@ -21,15 +22,23 @@ using json = nlohmann::json;
 
 std::string sha256_file(const std::string& path) { return kernel::Sha256::of_file(path); }
 
-// Streams FILE to HOST:PORT in 32 KiB chunks over about four seconds.
+// Streams FILE to HOST:PORT in 32 KiB chunks over about four seconds; given
+// a STOP path, streams FILE over and over until STOP exists (however long a
+// reload takes to land), then ends the same way.
 constexpr const char* kSlowSender = R"PY(
-import socket, sys, time
+import os, socket, sys, time
 host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+stop = sys.argv[4] if len(sys.argv) > 4 else None
 data = open(path, "rb").read()
 s = socket.create_connection((host, port), timeout=10)
-for i in range(0, len(data), 32768):
-    s.sendall(data[i:i + 32768])
-    time.sleep(0.03)
+while True:
+    for i in range(0, len(data), 32768):
+        s.sendall(data[i:i + 32768])
+        time.sleep(0.03)
+        if stop and os.path.exists(stop):
+            break
+    if not stop or os.path.exists(stop):
+        break
 s.shutdown(socket.SHUT_WR)
 s.recv(1)
 s.close()
@@ -79,11 +88,18 @@ class Reload : public ::testing::Test {
     return std::move(*child);
   }
 
-  Child sender(const AgentNode& client, const std::string& workload, std::uint16_t port) {
-    auto child = spawn({.netns = client.netns(),
-                        .cgroup = client.cgroup(workload),
-                        .argv = {"python3", "-c", kSlowSender, topology_->ipv4(0),
-                                 std::to_string(port), dir_->path() + "/stream.bin"}});
+  // The whole file once, or (given stop) until stop exists.
+  Child sender(const AgentNode& client, const std::string& workload, std::uint16_t port,
+               const std::string& stop = "") {
+    std::vector<std::string> argv = {"python3",
+                                     "-c",
+                                     kSlowSender,
+                                     topology_->ipv4(0),
+                                     std::to_string(port),
+                                     dir_->path() + "/stream.bin"};
+    if (!stop.empty()) argv.push_back(stop);
+    auto child = spawn(
+        {.netns = client.netns(), .cgroup = client.cgroup(workload), .argv = std::move(argv)});
     if (!child) throw std::runtime_error(child.error().message);
     return std::move(*child);
   }
@@ -164,8 +180,11 @@ TEST_F(Reload, ADroppedCaAndAnAddedDenyIdRevokeTheirConnections) {
   auto n3 = start(c3);
   auto sink_b = sink(*n1, 9001, dir_->path() + "/from-b.bin");
   auto sink_c = sink(*n1, 9002, dir_->path() + "/from-c.bin");
-  auto send_b = sender(*n2, "", 9001);
-  auto send_c = sender(*n3, "auth", 9002);
+  // Both stream until the test stops them: each must be cut by its reload,
+  // however long that takes to land.
+  const std::string stop = dir_->path() + "/stop";
+  auto send_b = sender(*n2, "", 9001, stop);
+  auto send_c = sender(*n3, "auth", 9002, stop);
   for (int i = 0; i < 100; ++i) {
     auto b = conn_from(*n1, 1, 9001), c = conn_from(*n1, 2, 9002);
     if (!b.is_null() && !c.is_null() && b["verdict"] == "allow" && c["verdict"] == "allow") break;
@@ -176,8 +195,9 @@ TEST_F(Reload, ADroppedCaAndAnAddedDenyIdRevokeTheirConnections) {
 
   Cluster rotated("team-b.eks.local");  // a CA node 2's SVID does not chain to
   TF_ASSERT_OK(n1->replace_bundle("team-b.eks.local", rotated));
-  auto b_exit = send_b.wait();
-  ASSERT_TRUE(b_exit.has_value()) << b_exit.error().message;
+  auto b_exit = send_b.wait(slowed(kReadyTimeout));
+  if (!b_exit) std::ofstream(stop).put('\n');
+  ASSERT_TRUE(b_exit.has_value()) << "the team-b stream was not cut: " << b_exit.error().message;
   EXPECT_NE(*b_exit, 0) << "the team-b stream should have been cut";
   auto revoked_b = conn_from(*n1, 1, 9001);
   ASSERT_FALSE(revoked_b.is_null());
@@ -186,11 +206,15 @@ TEST_F(Reload, ADroppedCaAndAnAddedDenyIdRevokeTheirConnections) {
   auto still = conn_from(*n1, 2, 9002);
   ASSERT_FALSE(still.is_null());
   EXPECT_EQ(still["verdict"], "allow") << "the team-c stream must not be touched: " << still.dump();
+  ASSERT_TRUE(send_c.running()) << "the team-c stream ended before the deny-id reload: exit "
+                                << send_c.exit_code().value_or(-1) << " "
+                                << send_c.read_stderr().value_or("");
 
   TF_ASSERT_OK(n1->update_config(
       {"allow-id = " + auth, "deny-id = " + auth, "trust-domain-alias = team-b.eks.local"}));
-  auto c_exit = send_c.wait();
-  ASSERT_TRUE(c_exit.has_value()) << c_exit.error().message;
+  auto c_exit = send_c.wait(slowed(kReadyTimeout));
+  std::ofstream(stop).put('\n');
+  ASSERT_TRUE(c_exit.has_value()) << "the team-c stream was not cut: " << c_exit.error().message;
   EXPECT_NE(*c_exit, 0) << "the team-c stream should have been cut by deny-id";
   auto revoked_c = conn_from(*n1, 2, 9002);
   ASSERT_FALSE(revoked_c.is_null());
