@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "flush_reply.hpp"
 #include "trustfence/api/prometheus.hpp"
 
 namespace trustfence::api {
@@ -454,22 +455,14 @@ void MetricsServer::answer(Client& c, const Response& response, bool with_body) 
 }
 
 void MetricsServer::flush(Client& c) {
-  while (c.sent < c.out.size()) {
-    ssize_t n = ::send(c.fd.get(), c.out.data() + c.sent, c.out.size() - c.sent,
-                       MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) {
-      if (!c.waiting_writable) {
-        c.waiting_writable = true;
-        if (!loop_.modify(c.fd.get(), EPOLLOUT)) close_client(c.id);
-      }
+  switch (flush_reply(loop_, c.fd.get(), c.out, c.sent, c.waiting_writable)) {
+    case Flushed::kBlocked:
       return;
-    }
-    if (n < 0) {  // the client left
+    case Flushed::kGone:
       close_client(c.id);
       return;
-    }
-    c.sent += static_cast<std::size_t>(n);
+    case Flushed::kDone:
+      break;
   }
   // All sent: end our side, then wait for the client's end (see kDrainTimeout).
   c.out = std::string();

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "flush_reply.hpp"
 #include "unix_address.hpp"
 
 namespace trustfence::api {
@@ -368,22 +369,14 @@ void Server::answer(Client& c, const json& reply) {
 }
 
 void Server::flush(Client& c) {
-  while (c.sent < c.out.size()) {
-    ssize_t n = ::send(c.fd.get(), c.out.data() + c.sent, c.out.size() - c.sent,
-                       MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) {
-      if (!c.waiting_writable) {
-        c.waiting_writable = true;
-        if (!loop_.modify(c.fd.get(), EPOLLOUT)) close_client(c.id);
-      }
+  switch (flush_reply(loop_, c.fd.get(), c.out, c.sent, c.waiting_writable)) {
+    case Flushed::kBlocked:
       return;
-    }
-    if (n < 0) {  // the client left
+    case Flushed::kGone:
       close_client(c.id);
       return;
-    }
-    c.sent += static_cast<std::size_t>(n);
+    case Flushed::kDone:
+      break;
   }
   close_client(c.id);
 }
