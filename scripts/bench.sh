@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark (issue 7) in one command, as root: installs what is missing
-# (scripts/setup.sh, then iperf3, haproxy, gnuplot-nox), builds the
+# (scripts/setup.sh, then iperf3, haproxy, wrk, gnuplot-nox), builds the
 # tools into ${BUILD_DIR:-build}, runs every scenario with its baseline and
 # alternatives interleaved in the same run, and writes DIR/*.json, plots and
 # DIR/REPORT.md (bench/report/report.py). Figures, not timed tests: nothing
@@ -18,13 +18,14 @@
 #
 # Parts: packet = scenario 1 under BPF_PROG_TEST_RUN (tf_bench_packet_cost);
 # attest = scenarios 1 in place, 2 connection rate, 3 time to first byte,
-# 4 bulk throughput (tf_bench_attest); datapath = the loopback connect rate,
-# kernel memory per connection and ALLOW-to-data delay of issue 2 (text
-# logs); tls = X.509-SVID verification rate (text log); scale = scenarios 5
-# and 6 (scripts/bench-scale.sh, when present).
+# 4 bulk throughput, 7 HTTP keep-alive requests with wrk (tf_bench_attest);
+# datapath = the loopback connect rate, kernel memory per connection and
+# ALLOW-to-data delay of issue 2 (text logs); tls = X.509-SVID verification
+# rate (text log); scale = scenarios 5 and 6 (scripts/bench-scale.sh, when
+# present).
 set -euo pipefail
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${BUILD_DIR:-$root/build}"
@@ -72,7 +73,7 @@ if [[ $EUID -ne 0 ]]; then
   exit 1
 fi
 
-bench_packages=(iperf3 haproxy gnuplot-nox)
+bench_packages=(iperf3 haproxy wrk gnuplot-nox)
 bash "$root/scripts/setup.sh"
 missing=()
 for p in "${bench_packages[@]}"; do

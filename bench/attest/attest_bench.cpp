@@ -14,6 +14,11 @@
 //            enforced cgroups, against plain cgroups; iperf3 through a
 //            stunnel pair for reference (the proxies encrypt, trustfence
 //            does not)
+//   http     HTTP/1.1 keep-alive requests per second and latency
+//            percentiles, Debian's wrk in node 0 against this binary's
+//            `http` responder in node 1: no enforcement, trustfence with a
+//            warm channel, a stunnel and an haproxy mTLS pair; figures for
+//            context, no target
 //   inplace  ns per packet of the attached tf_egress / tf_ingress during
 //            an iperf3 run, from the kernel's BPF statistics, against an
 //            empty program attached to the baseline's cgroups the same way
@@ -42,6 +47,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
@@ -82,6 +88,12 @@ constexpr std::uint16_t kStunnelClientPort = 9001, kStunnelTlsPort = 9443;
 constexpr std::uint16_t kHaproxyClientPort = 9002, kHaproxyTlsPort = 9444;
 constexpr std::uint16_t kIperfStunnelClientPort = 9003, kIperfStunnelTlsPort = 9445;
 constexpr std::uint16_t kPlainIperfPort = 5201, kEnforcedIperfPort = 5202;
+// node 1: the HTTP responder, plain and enforced; its proxy pairs
+constexpr std::uint16_t kPlainHttpPort = 8080, kEnforcedHttpPort = 8180;
+constexpr std::uint16_t kHttpStunnelClientPort = 9004, kHttpStunnelTlsPort = 9446;
+constexpr std::uint16_t kHttpHaproxyClientPort = 9005, kHttpHaproxyTlsPort = 9447;
+// wrk's threads and connections (keep-alive, one request in flight each)
+constexpr int kWrkThreads = 2, kWrkConnections = 16;
 
 // Targets of issues 4 and 7, over the baseline.
 constexpr double kWarmP50TargetMs = 1;
@@ -92,7 +104,7 @@ constexpr double kStunnelFactorTarget = 30;
 constexpr double kBulkRatioTarget = 0.99;
 constexpr double kPacketDeltaTargetNs = 10;
 
-const std::vector<std::string> kScenarios = {"rate", "ttfb", "bulk", "inplace"};
+const std::vector<std::string> kScenarios = {"rate", "ttfb", "bulk", "http", "inplace"};
 
 struct Options {
   std::uint64_t reps = 5;
@@ -142,7 +154,7 @@ Result<Options> parse_options(int argc, char** argv) {
   for (std::string s; std::getline(list, s, ',');) {
     if (std::find(kScenarios.begin(), kScenarios.end(), s) == kScenarios.end())
       return fail(Errc::kInvalidArgument,
-                  "--scenarios: unknown scenario '" + s + "' (rate, ttfb, bulk, inplace)");
+                  "--scenarios: unknown scenario '" + s + "' (rate, ttfb, bulk, http, inplace)");
     opt.scenarios.insert(s);
   }
   opt.json_dir = args->text("json-dir", "");
@@ -213,6 +225,21 @@ struct Lab {
         return "127.0.0.1:" + std::to_string(kStunnelClientPort);
       case Path::kHaproxy:
         return "127.0.0.1:" + std::to_string(kHaproxyClientPort);
+    }
+    return {};
+  }
+  // The HTTP responder behind path p (kCold is not measured).
+  std::string http_url(Path p) const {
+    switch (p) {
+      case Path::kNone:
+        return "http://" + topology.ipv4_endpoint(kServerNode, kPlainHttpPort) + "/";
+      case Path::kWarm:
+      case Path::kCold:
+        return "http://" + topology.ipv4_endpoint(kServerNode, kEnforcedHttpPort) + "/";
+      case Path::kStunnel:
+        return "http://127.0.0.1:" + std::to_string(kHttpStunnelClientPort) + "/";
+      case Path::kHaproxy:
+        return "http://127.0.0.1:" + std::to_string(kHttpHaproxyClientPort) + "/";
     }
     return {};
   }
@@ -724,6 +751,156 @@ Result<void> scenario_bulk(const Lab& lab) {
   return finish(lab, std::move(doc), "bulk.json");
 }
 
+// --- HTTP keep-alive, wrk --------------------------------------------------
+
+struct Wrk {
+  double requests_per_second = 0;
+  std::map<int, double> latency_ms;  // 50, 75, 90, 99
+  std::uint64_t errors = 0;          // socket errors and non-2xx/3xx responses
+  std::string first_error;
+};
+
+// "123.45us", "1.20ms", "2.00s", "1.50m" -> milliseconds; < 0 if not a time.
+double wrk_time_ms(const std::string& text) {
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    return -1;
+  }
+  const std::string unit = text.substr(used);
+  if (unit == "us") return v / 1e3;
+  if (unit == "ms") return v;
+  if (unit == "s") return v * 1e3;
+  if (unit == "m") return v * 60e3;
+  if (unit == "h") return v * 3600e3;
+  return -1;
+}
+
+// What `wrk --latency` prints: "Requests/sec:", the "Latency Distribution"
+// lines ("     50%  412.00us"), "Socket errors: connect 0, read 0, write 0,
+// timeout 0" and "Non-2xx or 3xx responses: N" (only when there were any).
+Result<Wrk> parse_wrk(const std::string& out) {
+  Wrk w;
+  bool have_rate = false, in_latency = false;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream words(line);
+    std::vector<std::string> f{std::istream_iterator<std::string>(words), {}};
+    if (f.empty()) continue;
+    if (f[0] == "Latency" && f.size() >= 2 && f[1] == "Distribution") {
+      in_latency = true;
+      continue;
+    }
+    if (in_latency && f.size() == 2 && f[0].size() > 1 && f[0].back() == '%') {
+      const double ms = wrk_time_ms(f[1]);
+      if (ms < 0) return fail(Errc::kIo, "wrk: unexpected latency line '" + line + "'");
+      w.latency_ms[std::stoi(f[0])] = ms;
+      continue;
+    }
+    in_latency = false;
+    if (f[0] == "Requests/sec:" && f.size() == 2) {
+      w.requests_per_second = std::stod(f[1]);
+      have_rate = true;
+    } else if (f[0] == "Socket" && f.size() >= 2 && f[1] == "errors:") {
+      for (std::size_t i = 2; i + 1 < f.size(); i += 2) {
+        const auto n = std::stoull(f[i + 1]);
+        if (n != 0 && w.first_error.empty()) w.first_error = line;
+        w.errors += n;
+      }
+    } else if (line.find("Non-2xx or 3xx responses:") != std::string::npos) {
+      const auto n = std::stoull(f.back());
+      if (n != 0 && w.first_error.empty()) w.first_error = line;
+      w.errors += n;
+    }
+  }
+  for (int q : {50, 75, 90, 99})
+    if (!w.latency_ms.contains(q))
+      return fail(Errc::kIo,
+                  "wrk printed no " + std::to_string(q) + "% latency: " + out.substr(0, 2000));
+  if (!have_rate) return fail(Errc::kIo, "wrk printed no Requests/sec: " + out.substr(0, 2000));
+  return w;
+}
+
+// wrk takes whole seconds.
+std::uint64_t http_seconds(const Lab& lab) {
+  return std::max<std::uint64_t>(1, static_cast<std::uint64_t>(std::ceil(lab.opt.seconds)));
+}
+
+Result<Wrk> run_wrk(const Lab& lab, Path p) {
+  if (auto ok = flush_time_wait(lab); !ok) return std::unexpected(ok.error());
+  const std::vector<std::string> argv = {"wrk",
+                                         "-t" + std::to_string(kWrkThreads),
+                                         "-c" + std::to_string(kWrkConnections),
+                                         "-d" + std::to_string(http_seconds(lab)) + "s",
+                                         "--latency",
+                                         lab.http_url(p)};
+  auto result = e2e::run_in(
+      {.netns = lab.topology.node(kClientNode), .cgroup = lab.client_cgroup(p), .argv = argv},
+      milliseconds(60'000 + http_seconds(lab) * 1000));
+  if (!result) return std::unexpected(result.error());
+  if (result->exit_code != 0)
+    return fail(Errc::kIo, testing::join_argv(argv) + " exited with " +
+                               std::to_string(result->exit_code) + ": " + result->err +
+                               result->out.substr(0, 2000));
+  try {
+    return parse_wrk(result->out);
+  } catch (const std::exception& e) {
+    return fail(Errc::kIo,
+                "wrk's output (" + std::string(e.what()) + "): " + result->out.substr(0, 2000));
+  }
+}
+
+Result<void> scenario_http(const Lab& lab) {
+  std::printf("\n== HTTP keep-alive: wrk -t%d -c%d, %llu s per run (%llu reps) ==\n", kWrkThreads,
+              kWrkConnections, static_cast<unsigned long long>(http_seconds(lab)),
+              static_cast<unsigned long long>(lab.opt.reps));
+  const std::vector<Path> paths = {Path::kNone, Path::kWarm, Path::kStunnel, Path::kHaproxy};
+  std::map<Path, std::vector<double>> rps;
+  std::map<Path, std::map<int, std::vector<double>>> latency;
+  for (std::uint64_t rep = 0; rep < lab.opt.reps && !stop_requested(); ++rep) {
+    std::printf("  rep %llu:", static_cast<unsigned long long>(rep + 1));
+    for (Path p : order(paths, rep)) {
+      // The channel between the nodes is up before the warm run.
+      if (p == Path::kWarm)
+        if (auto ok = warm_up(lab, p); !ok) return ok;
+      auto w = run_wrk(lab, p);
+      if (!w) return fail(w.error().code, std::string(label(p)) + ": " + w.error().message);
+      check_errors(std::string("HTTP, ") + label(p), w->errors, w->first_error);
+      rps[p].push_back(w->requests_per_second);
+      for (const auto& [q, ms] : w->latency_ms) latency[p][q].push_back(ms);
+      std::printf(" %s %.0f req/s p50 %.3f ms", key(p), w->requests_per_second, w->latency_ms[50]);
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  if (stop_requested()) return fail(Errc::kIo, "interrupted");
+
+  json doc = scenario_doc(
+      lab, "http",
+      "wrk -t" + std::to_string(kWrkThreads) + " -c" + std::to_string(kWrkConnections) + " -d" +
+          std::to_string(http_seconds(lab)) +
+          "s --latency (HTTP/1.1 keep-alive, GET, a 3-byte 200 response) from node 0 to the "
+          "benchmark's HTTP responder in node 1 (one thread per connection); trustfence: "
+          "client and server in the enforced cgroups, channel warm; the proxies carry the "
+          "same keep-alive connections over mTLS; latency percentiles are wrk's, per run; "
+          "for context, no target");
+  for (Path p : {Path::kWarm, Path::kStunnel, Path::kHaproxy}) {
+    doc["metrics"].push_back(metric_json({.name = std::string("HTTP requests/s, ") + label(p),
+                                          .unit = "req/s",
+                                          .baseline = rps[Path::kNone],
+                                          .value = rps[p]}));
+    for (int q : {50, 75, 90, 99})
+      doc["metrics"].push_back(
+          metric_json({.name = "HTTP latency p" + std::to_string(q) + ", " + label(p),
+                       .unit = "ms",
+                       .baseline = latency[Path::kNone][q],
+                       .value = latency[p][q]}));
+  }
+  return finish(lab, std::move(doc), "http.json");
+}
+
 // --- scenario 1, in place --------------------------------------------------
 
 Result<void> scenario_inplace(const Lab& lab) {
@@ -897,6 +1074,9 @@ Result<void> run(const Options& opt) {
   if (!haproxy_line) return std::unexpected(haproxy_line.error());
   if (auto iperf = e2e::find_program("iperf3"); !iperf)
     return fail(Errc::kIo, "iperf3 is not installed (scripts/bench.sh installs it)");
+  if (opt.wants("http"))
+    if (auto wrk = e2e::find_program("wrk"); !wrk)
+      return fail(Errc::kIo, "wrk is not installed (scripts/bench.sh installs it)");
   auto self = self_path();
   if (!self) return std::unexpected(self.error());
 
@@ -929,6 +1109,14 @@ Result<void> run(const Options& opt) {
     if (!s) return std::unexpected(s.error());
     servers.push_back(std::move(*s));
   }
+  if (opt.wants("http")) {
+    for (auto [cgroup, port] : {std::pair{plain_server->path(), kPlainHttpPort},
+                                std::pair{tf_server, kEnforcedHttpPort}}) {
+      auto s = start_server(*topology, cgroup, {*self, "http", std::to_string(port)}, port);
+      if (!s) return std::unexpected(s.error());
+      servers.push_back(std::move(*s));
+    }
+  }
   auto plan = [&](const char* name, std::uint16_t client_port, std::uint16_t tls_port,
                   std::uint16_t server_port) {
     return ProxyPlan{.name = name,
@@ -950,9 +1138,22 @@ Result<void> run(const Options& opt) {
   auto haproxy = start_haproxy_pair(
       *topology, *dir, plan("haproxy", kHaproxyClientPort, kHaproxyTlsPort, kPlainServerPort));
   if (!haproxy) return std::unexpected(haproxy.error());
+  std::optional<ProxyPair> stunnel_http, haproxy_http;
+  if (opt.wants("http")) {
+    auto s = start_stunnel_pair(
+        *topology, *dir,
+        plan("stunnel-http", kHttpStunnelClientPort, kHttpStunnelTlsPort, kPlainHttpPort));
+    if (!s) return std::unexpected(s.error());
+    stunnel_http.emplace(std::move(*s));
+    auto h = start_haproxy_pair(
+        *topology, *dir,
+        plan("haproxy-http", kHttpHaproxyClientPort, kHttpHaproxyTlsPort, kPlainHttpPort));
+    if (!h) return std::unexpected(h.error());
+    haproxy_http.emplace(std::move(*h));
+  }
 
   const Lab lab{opt, *self, *topology, plain_client->path(), plain_server->path(), *agents};
-  std::printf("== trustfence benchmark, scenarios 1 (in place) to 4%s ==\n",
+  std::printf("== trustfence benchmark, scenarios 1 (in place) to 4 and 7 (HTTP)%s ==\n",
               opt.smoke ? " (smoke: tiny samples, rough figures)" : "");
   std::printf(
       "client in node 0 (%s), server in node 1 (%s); agents running throughout; %s; %s\n"
@@ -966,11 +1167,14 @@ Result<void> run(const Options& opt) {
       {"rate", scenario_rate},
       {"ttfb", scenario_ttfb},
       {"bulk", scenario_bulk},
+      {"http", scenario_http},
       {"inplace", scenario_inplace}};
   for (const auto& [name, fn] : scenarios) {
     if (!opt.wants(name)) continue;
     if (auto ok = fn(lab); !ok) {
       std::string logs = stunnel->logs() + stunnel_iperf->logs() + haproxy->logs();
+      if (stunnel_http) logs += stunnel_http->logs();
+      if (haproxy_http) logs += haproxy_http->logs();
       return fail(ok.error().code, "scenario " + name + ": " + ok.error().message +
                                        (logs.empty() ? "" : "\nproxy logs:\n" + logs));
     }
@@ -990,6 +1194,7 @@ int main(int argc, char** argv) {
     const std::string sub = argv[1];
     std::vector<std::string> args(argv + 2, argv + argc);
     if (sub == "serve") return serve_main(args);
+    if (sub == "http") return http_main(args);
     if (sub == "client") return client_main(args);
   }
   return trustfence::bench::bench_main(argc, argv, parse_options, run);

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -16,7 +17,10 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
+#include <string_view>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 
@@ -151,6 +155,87 @@ class Server {
   std::unordered_map<int, UniqueFd> conns_;
 };
 
+// --- HTTP responder --------------------------------------------------------
+
+constexpr std::string_view kHttpOk =
+    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
+constexpr std::string_view kHttpBad =
+    "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+// A request's headers must fit; a longer one is answered 400 and closed.
+constexpr std::size_t kHttpRequestMax = 8192;
+
+bool send_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return true;
+}
+
+// One connection, blocking: reads requests, answers each complete one (all
+// the requests a read brought, pipelined or not, in one send), until the
+// peer closes or sends something that is not a GET.
+void http_connection(UniqueFd fd) {
+  char buf[kHttpRequestMax];
+  std::size_t used = 0;
+  std::string out;
+  for (;;) {
+    ssize_t got = ::recv(fd.get(), buf + used, sizeof(buf) - used, 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return;
+    used += static_cast<std::size_t>(got);
+    std::string_view pending(buf, used);
+    bool close_after = false;
+    out.clear();
+    for (;;) {
+      auto end = pending.find("\r\n\r\n");
+      if (end == std::string_view::npos) break;
+      if (pending.substr(0, 4) != "GET ") {
+        out += kHttpBad;
+        close_after = true;
+        break;
+      }
+      out += kHttpOk;
+      pending.remove_prefix(end + 4);
+    }
+    if (!close_after && pending.size() == sizeof(buf)) {
+      out += kHttpBad;  // headers too long
+      close_after = true;
+    }
+    if (!out.empty() && !send_all(fd.get(), out)) return;
+    if (close_after) return;
+    std::memmove(buf, pending.data(), pending.size());
+    used = pending.size();
+  }
+}
+
+Result<void> http_serve(std::uint16_t port) {
+  auto listener = listen_any(port);
+  if (!listener) return std::unexpected(listener.error());
+  // The listener is non-blocking (listen_any): wait for it with poll.
+  for (;;) {
+    pollfd p{.fd = listener->get(), .events = POLLIN, .revents = 0};
+    if (::poll(&p, 1, -1) < 0) {
+      if (errno == EINTR) continue;
+      return fail_errno("poll", errno);
+    }
+    for (;;) {
+      UniqueFd fd(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!fd) break;  // EAGAIN, or an aborted connection
+      int one = 1;
+      ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      try {
+        std::thread(http_connection, std::move(fd)).detach();
+      } catch (const std::system_error&) {
+        // No thread: the connection is closed (fd was moved into the
+        // failed thread's arguments and destroyed with them).
+      }
+    }
+  }
+}
+
 // --- client ----------------------------------------------------------------
 
 // One transaction: connect, 1-byte request, 1-byte reply (the time to first
@@ -265,6 +350,15 @@ int serve_main(const std::vector<std::string>& args) {
   auto server = Server::open(static_cast<std::uint16_t>(*port));
   if (!server) return report_failure(server.error());
   auto ran = server->run();
+  return report_failure(ran.error());
+}
+
+int http_main(const std::vector<std::string>& args) {
+  if (args.size() != 1) return usage_error("usage: http PORT");
+  auto port = parse_number(args[0], "PORT");
+  if (!port || *port == 0 || *port > 65535) return usage_error("http: PORT must be 1-65535");
+  ::signal(SIGPIPE, SIG_IGN);
+  auto ran = http_serve(static_cast<std::uint16_t>(*port));
   return report_failure(ran.error());
 }
 

@@ -6,6 +6,11 @@
 //   tf_bench_attest serve PORT
 //       listens on 0.0.0.0:PORT; for each connection: read 1 byte, write
 //       1 byte, close (one epoll loop, never blocking on one connection)
+//   tf_bench_attest http PORT
+//       listens on 0.0.0.0:PORT, an HTTP/1.1 keep-alive responder for wrk:
+//       one thread per connection, a bounded request buffer; every request
+//       (headers up to the blank line, no body) gets the same small 200
+//       response if it is a GET, 400 and close otherwise
 //   tf_bench_attest client ttfb IP:PORT SAMPLES WARMUP
 //       sequential connections; prints {"samples_us": [...], ...}: from just
 //       before connect() to the reply byte read (WARMUP first, not recorded)
@@ -30,6 +35,8 @@ inline constexpr double kStallUs = 200'000;
 
 // `serve ...` and `client ...`: the process's exit code.
 int serve_main(const std::vector<std::string>& args);
+// `http PORT`: the process's exit code.
+int http_main(const std::vector<std::string>& args);
 int client_main(const std::vector<std::string>& args);
 
 }  // namespace trustfence::bench::attest
