@@ -278,9 +278,10 @@ Result<void> flush_time_wait(const Lab& lab) {
   return {};
 }
 
-// Runs ARGV in node 0 (in cgroup) and parses the JSON it prints.
-Result<json> run_json(const Lab& lab, const std::string& cgroup, std::vector<std::string> argv,
-                      milliseconds timeout) {
+// Runs ARGV in node 0 (in cgroup), after TIME_WAIT is flushed; what it
+// printed, if it exited 0.
+Result<std::string> run_client(const Lab& lab, const std::string& cgroup,
+                               const std::vector<std::string>& argv, milliseconds timeout) {
   if (auto ok = flush_time_wait(lab); !ok) return std::unexpected(ok.error());
   auto result = e2e::run_in(
       {.netns = lab.topology.node(kClientNode), .cgroup = cgroup, .argv = argv}, timeout);
@@ -289,11 +290,19 @@ Result<json> run_json(const Lab& lab, const std::string& cgroup, std::vector<std
     return fail(Errc::kIo, testing::join_argv(argv) + " exited with " +
                                std::to_string(result->exit_code) + ": " + result->err +
                                result->out.substr(0, 2000));
+  return std::move(result->out);
+}
+
+// Runs ARGV in node 0 (in cgroup) and parses the JSON it prints.
+Result<json> run_json(const Lab& lab, const std::string& cgroup, std::vector<std::string> argv,
+                      milliseconds timeout) {
+  auto out = run_client(lab, cgroup, argv, timeout);
+  if (!out) return std::unexpected(out.error());
   try {
-    return json::parse(result->out);
+    return json::parse(*out);
   } catch (const json::exception& e) {
     return fail(Errc::kIo, testing::join_argv(argv) + " printed no JSON (" + std::string(e.what()) +
-                               "): " + result->out.substr(0, 2000));
+                               "): " + out->substr(0, 2000));
   }
 }
 
@@ -829,26 +838,19 @@ std::uint64_t http_seconds(const Lab& lab) {
 }
 
 Result<Wrk> run_wrk(const Lab& lab, Path p) {
-  if (auto ok = flush_time_wait(lab); !ok) return std::unexpected(ok.error());
   const std::vector<std::string> argv = {"wrk",
                                          "-t" + std::to_string(kWrkThreads),
                                          "-c" + std::to_string(kWrkConnections),
                                          "-d" + std::to_string(http_seconds(lab)) + "s",
                                          "--latency",
                                          lab.http_url(p)};
-  auto result = e2e::run_in(
-      {.netns = lab.topology.node(kClientNode), .cgroup = lab.client_cgroup(p), .argv = argv},
-      milliseconds(60'000 + http_seconds(lab) * 1000));
-  if (!result) return std::unexpected(result.error());
-  if (result->exit_code != 0)
-    return fail(Errc::kIo, testing::join_argv(argv) + " exited with " +
-                               std::to_string(result->exit_code) + ": " + result->err +
-                               result->out.substr(0, 2000));
+  auto out =
+      run_client(lab, lab.client_cgroup(p), argv, milliseconds(60'000 + http_seconds(lab) * 1000));
+  if (!out) return std::unexpected(out.error());
   try {
-    return parse_wrk(result->out);
+    return parse_wrk(*out);
   } catch (const std::exception& e) {
-    return fail(Errc::kIo,
-                "wrk's output (" + std::string(e.what()) + "): " + result->out.substr(0, 2000));
+    return fail(Errc::kIo, "wrk's output (" + std::string(e.what()) + "): " + out->substr(0, 2000));
   }
 }
 
