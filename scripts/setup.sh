@@ -10,10 +10,10 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2 curl socat python3 stunnel4 openssl clang-format kmod
   clang-16 libclang-rt-16-dev
-  podman runc debootstrap
+  podman runc debootstrap containernetworking-plugins
   qemu-system-x86 busybox-static xz-utils
   ruby vagrant vagrant-libvirt
-  iperf3 haproxy gnuplot-nox
+  iperf3 haproxy gnuplot-nox wrk
 )
 
 missing=()
