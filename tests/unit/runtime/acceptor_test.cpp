@@ -1,14 +1,12 @@
 // The accept loop every server of the agent shares, over real loopback
 // sockets: connections are handed over with the caller's address, and an
-// accept error (out of descriptors) pauses accepting instead of spinning,
-// then resumes on its own.
+// accept error pauses accepting instead of spinning, then resumes on its own.
 
 #include "trustfence/runtime/acceptor.hpp"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <chrono>
@@ -79,7 +77,10 @@ TEST(Acceptor, HandsOverEachConnectionWithTheCallersAddress) {
   EXPECT_FALSE(acceptor.value()->paused());
 }
 
-TEST(Acceptor, OutOfDescriptorsPausesThenResumes) {
+// Any accept error pauses (EMFILE is the one met in practice; exhausting
+// descriptors here would also starve the sanitizers' own checks, so the
+// error comes from a listener shut down under the acceptor: EINVAL).
+TEST(Acceptor, AnAcceptErrorPausesThenResumes) {
   auto loop = EventLoop::create();
   ASSERT_TRUE(loop);
   sockaddr_in bound{};
@@ -87,25 +88,18 @@ TEST(Acceptor, OutOfDescriptorsPausesThenResumes) {
   auto acceptor = Acceptor::start(*loop, listen_loopback(bound), "test listener",
                                   [&](UniqueFd, const sockaddr_storage&) { ++admitted; });
   ASSERT_TRUE(acceptor);
-  auto client = connect_to(bound);
+  const int fd = acceptor.value()->fd();
 
-  // No descriptor left for accept4(): the lowest free one is above the limit.
-  rlimit saved{};
-  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
-  UniqueFd probe(::dup(0));
-  ASSERT_TRUE(probe);
-  rlimit tight = saved;
-  tight.rlim_cur = static_cast<rlim_t>(probe.get());
-  probe.reset();
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &tight), 0);
+  ASSERT_EQ(::shutdown(fd, SHUT_RDWR), 0);
   run_until(
       *loop, [&] { return acceptor.value()->paused(); }, 1s);
-  bool paused = acceptor.value()->paused();
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
-  ASSERT_TRUE(paused) << "an accept error must pause the listener";
-  EXPECT_EQ(admitted, 0);
+  ASSERT_TRUE(acceptor.value()->paused()) << "an accept error must pause the listener";
 
-  // The waiting connection is taken once the pause ends.
+  // Listening again on the same socket: the waiting connection is taken
+  // once the pause ends.
+  ASSERT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&bound), sizeof(bound)), 0);
+  ASSERT_EQ(::listen(fd, 16), 0);
+  auto client = connect_to(bound);
   run_until(
       *loop, [&] { return admitted == 1; }, 2s);
   EXPECT_EQ(admitted, 1);
