@@ -47,6 +47,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -478,29 +479,47 @@ class Bench {
   }
   std::uint64_t pairs_of(std::size_t w) const { return pairs_[w]; }
 
-  // Until the agent allowed every tracked entry (none pending).
-  Result<void> wait_decided(std::uint64_t n) {
+  // Polls the agent's stats every 250 ms until check(stats) says done (or
+  // failed). A busy agent may answer late (each answer walks tf_conns), so
+  // a failed ask is retried too. After kDecidedTimeout, late(stats) says
+  // what was still missing.
+  Result<void> poll_stats(const std::function<std::optional<Result<void>>(const json&)>& check,
+                          const std::function<std::string(const json&)>& late) {
     const auto deadline = Clock::now() + kDecidedTimeout;
     for (;;) {
-      // A busy agent may answer late (each answer walks tf_conns): ask again.
       auto stats = agent_.stats();
-      if (!stats) {
-        if (Clock::now() > deadline) return std::unexpected(stats.error());
-        continue;
+      if (stats) {
+        if (auto done = check(*stats)) return *done;
       }
-      auto allowed = number_at(*stats, {"connections", "by_verdict", "allow"});
-      auto pending = number_at(*stats, {"connections", "by_verdict", "pending"});
-      auto denied = number_at(*stats, {"connections", "by_verdict", "deny"});
-      if (denied > 0)
-        return fail(Errc::kIo, std::to_string(denied) + " connections denied while growing: " +
-                                   stats->value("decisions", json::array()).dump());
-      if (allowed >= n && pending == 0) return {};
-      if (Clock::now() > deadline)
-        return fail(Errc::kIo, "after " + std::to_string(kDecidedTimeout.count() / 1000) +
-                                   " s: " + std::to_string(allowed) + " of " + std::to_string(n) +
-                                   " connections allowed, " + std::to_string(pending) + " pending");
+      if (Clock::now() > deadline) {
+        if (!stats) return std::unexpected(stats.error());
+        return fail(Errc::kIo, late(*stats));
+      }
       std::this_thread::sleep_for(milliseconds(250));
     }
+  }
+
+  // Until the agent allowed every tracked entry (none pending).
+  Result<void> wait_decided(std::uint64_t n) {
+    auto allowed = [](const json& st) {
+      return number_at(st, {"connections", "by_verdict", "allow"});
+    };
+    auto pending = [](const json& st) {
+      return number_at(st, {"connections", "by_verdict", "pending"});
+    };
+    return poll_stats(
+        [&](const json& st) -> std::optional<Result<void>> {
+          if (auto denied = number_at(st, {"connections", "by_verdict", "deny"}); denied > 0)
+            return fail(Errc::kIo, std::to_string(denied) + " connections denied while growing: " +
+                                       st.value("decisions", json::array()).dump());
+          if (allowed(st) >= n && pending(st) == 0) return Result<void>{};
+          return std::nullopt;
+        },
+        [&](const json& st) {
+          return "after " + std::to_string(kDecidedTimeout.count() / 1000) +
+                 " s: " + std::to_string(allowed(st)) + " of " + std::to_string(n) +
+                 " connections allowed, " + std::to_string(pending(st)) + " pending";
+        });
   }
 
   // Tracked entries shrink to n: the newest pairs close first, from the
@@ -520,23 +539,19 @@ class Bench {
 
   // Until tf_conns holds exactly n entries, every one allowed.
   Result<void> wait_tracked(std::uint64_t n) {
-    const auto deadline = Clock::now() + kDecidedTimeout;
-    for (;;) {
-      // A busy agent may answer late (each answer walks tf_conns): ask again.
-      auto stats = agent_.stats();
-      if (!stats) {
-        if (Clock::now() > deadline) return std::unexpected(stats.error());
-        continue;
-      }
-      auto tracked = number_at(*stats, {"connections", "tracked"});
-      auto allowed = number_at(*stats, {"connections", "by_verdict", "allow"});
-      if (tracked == n && allowed == n) return {};
-      if (Clock::now() > deadline)
-        return fail(Errc::kIo, "tf_conns holds " + std::to_string(tracked) + " entries (" +
-                                   std::to_string(allowed) + " allowed), expected " +
-                                   std::to_string(n));
-      std::this_thread::sleep_for(milliseconds(250));
-    }
+    auto tracked = [](const json& st) { return number_at(st, {"connections", "tracked"}); };
+    auto allowed = [](const json& st) {
+      return number_at(st, {"connections", "by_verdict", "allow"});
+    };
+    return poll_stats(
+        [&](const json& st) -> std::optional<Result<void>> {
+          if (tracked(st) == n && allowed(st) == n) return Result<void>{};
+          return std::nullopt;
+        },
+        [&](const json& st) {
+          return "tf_conns holds " + std::to_string(tracked(st)) + " entries (" +
+                 std::to_string(allowed(st)) + " allowed), expected " + std::to_string(n);
+        });
   }
 
   // On the way up: kernel memory, RSS with the few channels, CPU.
